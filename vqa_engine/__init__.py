@@ -1,0 +1,1 @@
+"""VQA Curator's engine: ingest, model client, generation runs, formats. No Streamlit here."""
