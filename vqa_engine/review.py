@@ -1,0 +1,732 @@
+"""Curator decisions: accept, reject, edit, reshuffle, regenerate — safe with many curators.
+
+Every action names its curator and the item version the curator was looking at. The write
+transaction re-reads the item under a lock (`BEGIN IMMEDIATE` on SQLite, `SELECT ... FOR
+UPDATE` on PostgreSQL) and refuses with `ConflictError` when the version moved on, so two
+curators acting on the same screen can never silently overwrite each other; the item's
+`version_id_col` backs this up at flush time.
+
+Nothing is overwritten. An edit or a reshuffle adds a new `Generation` and points the item
+at it; every action adds a `ReviewEvent` holding the reviewable state before and after, so
+the card's history is a query.
+"""
+
+from __future__ import annotations
+
+import random
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from db.engine import Database
+from db.models import (
+    Generation,
+    GenerationSource,
+    Item,
+    ItemStatus,
+    QuestionType,
+    RegenerateScope,
+    ReviewAction,
+    ReviewEvent,
+    utcnow,
+)
+from vqa_engine.errors import ConflictError, ValidationError, VQAError
+from vqa_engine.records import LETTERS, compose_full_question
+
+if TYPE_CHECKING:
+    from vqa_engine.runs import RunSettings
+    from vqa_engine.settings import Endpoint
+
+MAX_CURATOR_LENGTH = 200
+RESHUFFLE_ATTEMPTS = 32
+SEED_BITS = 63
+
+DECIDABLE = frozenset({ItemStatus.GENERATED, ItemStatus.ACCEPTED, ItemStatus.REJECTED})
+REGENERATABLE = frozenset(
+    {ItemStatus.GENERATED, ItemStatus.ACCEPTED, ItemStatus.REJECTED, ItemStatus.FAILED}
+)
+EDITABLE = frozenset(set(ItemStatus) - {ItemStatus.GENERATING})
+
+_WHY_NOT_DECIDABLE = {
+    ItemStatus.PENDING: "it has not been generated yet; start a run or wait for the one queued",
+    ItemStatus.GENERATING: "a run is generating it right now; wait for the result",
+    ItemStatus.FAILED: "its generation failed; regenerate it or edit in an answer first",
+}
+
+
+@dataclass(frozen=True)
+class ReviewResult:
+    """What an action left behind; `version` is what the next action must expect."""
+
+    item_id: int
+    action: ReviewAction
+    status: ItemStatus
+    version: int
+    event_id: int
+    generation_id: int | None
+    run_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    field: str
+    before: Any
+    after: Any
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One line of an item's history: a model generation or a curator's action."""
+
+    at: datetime
+    kind: str  # "generation" | "review"
+    actor: str
+    action: str
+    summary: str
+    changes: tuple[Change, ...] = ()
+    reason: str | None = None
+    generation_id: int | None = None
+    event_id: int | None = None
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _curator(name: str) -> str:
+    cleaned = (name or "").strip()
+    if not cleaned:
+        raise ValidationError("curator name is empty; type your name before reviewing")
+    if len(cleaned) > MAX_CURATOR_LENGTH:
+        raise ValidationError(
+            f"curator name is {len(cleaned)} characters long; use at most {MAX_CURATOR_LENGTH}"
+        )
+    return cleaned
+
+
+def comparable(text: str) -> str:
+    """How two option texts are compared: case, accents' forms and spacing ignored."""
+    return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
+
+
+def _quoted(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def validate_options(options: Mapping[str, str], correct_letter: str) -> None:
+    """Raise `ValidationError` naming what to fix in a multiple-choice option set."""
+    letters = list(options)
+    if len(letters) < 2:
+        raise ValidationError(
+            "a multiple-choice item needs the correct answer and at least one distractor; "
+            "add a distractor"
+        )
+    if len(letters) > len(LETTERS):
+        raise ValidationError(f"{len(letters)} options is too many; use at most {len(LETTERS)}")
+    expected = list(LETTERS[: len(letters)])
+    if letters != expected:
+        raise ValidationError(
+            f"option letters {', '.join(letters)} are not consecutive; use {', '.join(expected)}"
+        )
+    seen: dict[str, str] = {}
+    for letter, text in options.items():
+        if not text.strip():
+            what = "the correct answer" if letter == correct_letter else "a distractor"
+            raise ValidationError(
+                f"option {letter} ({what}) is empty; type its text or remove it"
+            )
+        key = comparable(text)
+        if key in seen:
+            first = seen[key]
+            raise ValidationError(
+                f"options {first} and {letter} are the same ({_quoted(options[first])} and "
+                f"{_quoted(text)}, ignoring case and spacing); make every option different"
+            )
+        seen[key] = letter
+    if correct_letter not in options:
+        raise ValidationError(
+            f"correct letter {correct_letter!r} is not one of the options; pick one of "
+            f"{', '.join(letters)}"
+        )
+
+
+# ---------------------------------------------------------------- state snapshots
+
+
+def _snapshot(item: Item, generation: Generation | None) -> dict[str, Any]:
+    return {
+        "status": item.status.value,
+        "version": item.version,
+        "current_generation_id": item.current_generation_id,
+        "answer": generation.answer if generation else None,
+        "options": dict(generation.options or {}) if generation else {},
+        "correct_letter": generation.correct_letter if generation else None,
+        "explanation": generation.explanation if generation else None,
+    }
+
+
+def _current(session: Session, item: Item) -> Generation | None:
+    if item.current_generation_id is None:
+        return None
+    return session.get(Generation, item.current_generation_id)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _when(moment: datetime | None) -> str:
+    if moment is None:
+        return "an unknown time"
+    moment = _aware(moment).astimezone(timezone.utc)
+    if moment.date() == datetime.now(timezone.utc).date():
+        return moment.strftime("%H:%M UTC")
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _conflict(session: Session, item: Item, expected_version: int) -> ConflictError:
+    last = session.scalar(
+        select(ReviewEvent).where(ReviewEvent.item_id == item.id).order_by(ReviewEvent.id.desc())
+    )
+    if last is not None and (last.after or {}).get("version") == item.version:
+        who, when = last.curator, _when(last.created_at)
+        what = f" ({last.action.value})"
+    else:
+        who, when, what = "a generation run", _when(item.updated_at), ""
+    return ConflictError(
+        f"item {item.id} was changed by {who}{what} at {when} since you opened it "
+        f"(version {expected_version} -> {item.version}); the fresh version is shown, "
+        "check it and repeat your action if it still applies"
+    )
+
+
+def _locked_item(session: Session, item_id: int, expected_version: int) -> Item:
+    item = session.scalar(select(Item).where(Item.id == item_id).with_for_update())
+    if item is None:
+        raise ConflictError(
+            f"item {item_id} no longer exists (its dataset may have been deleted); "
+            "go back to the item list"
+        )
+    if item.version != expected_version:
+        raise _conflict(session, item, expected_version)
+    return item
+
+
+def _record(
+    session: Session,
+    item: Item,
+    *,
+    curator: str,
+    action: ReviewAction,
+    before: dict[str, Any],
+    reason: str | None,
+) -> ReviewEvent:
+    session.flush()  # bumps item.version
+    event = ReviewEvent(
+        item_id=item.id,
+        curator=curator,
+        action=action,
+        before=before,
+        after=_snapshot(item, _current(session, item)),
+        reason=(reason or "").strip() or None,
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def _result(item: Item, event: ReviewEvent, run_id: int | None = None) -> ReviewResult:
+    return ReviewResult(
+        item_id=item.id,
+        action=event.action,
+        status=item.status,
+        version=item.version,
+        event_id=event.id,
+        generation_id=item.current_generation_id,
+        run_id=run_id,
+    )
+
+
+def _stale(item_id: int) -> ConflictError:
+    return ConflictError(
+        f"item {item_id} was changed by someone else while your action was being saved; "
+        "the fresh version is shown, check it and repeat your action if it still applies"
+    )
+
+
+# ---------------------------------------------------------------- decisions
+
+
+def _decide(
+    database: Database,
+    item_id: int,
+    *,
+    curator: str,
+    expected_version: int,
+    status: ItemStatus,
+    action: ReviewAction,
+    reason: str | None,
+) -> ReviewResult:
+    name = _curator(curator)
+    try:
+        with database.write() as session:
+            item = _locked_item(session, item_id, expected_version)
+            if item.status not in DECIDABLE or item.current_generation_id is None:
+                why = _WHY_NOT_DECIDABLE.get(item.status, "it has no generated content")
+                raise ValidationError(f"item {item_id} cannot be {status.value}: {why}")
+            before = _snapshot(item, _current(session, item))
+            item.status = status
+            item.updated_at = utcnow()
+            event = _record(
+                session, item, curator=name, action=action, before=before, reason=reason
+            )
+            return _result(item, event)
+    except StaleDataError:
+        raise _stale(item_id) from None
+
+
+def accept(
+    database: Database,
+    item_id: int,
+    *,
+    curator: str,
+    expected_version: int,
+    reason: str | None = None,
+) -> ReviewResult:
+    """Mark a generated item accepted (also turns a rejection around)."""
+    return _decide(database, item_id, curator=curator, expected_version=expected_version,
+                   status=ItemStatus.ACCEPTED, action=ReviewAction.ACCEPT, reason=reason)
+
+
+def reject(
+    database: Database,
+    item_id: int,
+    *,
+    curator: str,
+    expected_version: int,
+    reason: str | None = None,
+) -> ReviewResult:
+    """Mark a generated item rejected; it stays in the database but leaves default exports."""
+    return _decide(database, item_id, curator=curator, expected_version=expected_version,
+                   status=ItemStatus.REJECTED, action=ReviewAction.REJECT, reason=reason)
+
+
+# ---------------------------------------------------------------- new content
+
+
+def _new_seed() -> int:
+    return random.SystemRandom().getrandbits(SEED_BITS)
+
+
+def _shuffle(correct: str, distractors: Sequence[str], seed: int) -> tuple[dict[str, str], str]:
+    from vqa_engine.generator import shuffle_options
+
+    options, letter = shuffle_options(correct, list(distractors), seed)
+    return dict(options), letter
+
+
+def _placed(answer: str, distractors: Sequence[str], letter: str) -> dict[str, str]:
+    """Answer at `letter`, distractors in the given order in the other letters."""
+    count = len(distractors) + 1
+    others = iter(distractors)
+    return {
+        option_letter: answer if option_letter == letter else next(others)
+        for option_letter in LETTERS[:count]
+    }
+
+
+def _derived(
+    generation: Generation | None,
+) -> tuple[str | None, list[str], dict[str, str], str | None]:
+    """(answer, distractors in letter order, options, correct letter) of a generation."""
+    if generation is None:
+        return None, [], {}, None
+    options = {k: str(v) for k, v in (generation.options or {}).items()}
+    letter = generation.correct_letter
+    if options and letter in options:
+        distractors = [text for key, text in options.items() if key != letter]
+        return options[letter], distractors, options, letter
+    return generation.answer, [str(d) for d in generation.distractors or []], options, letter
+
+
+@dataclass(frozen=True)
+class _Content:
+    answer: str
+    distractors: list[str]
+    options: dict[str, str]
+    correct_letter: str | None
+    seed: int | None
+
+
+def _multiple_choice_content(
+    current: Generation | None,
+    *,
+    answer: str | None,
+    distractors: Sequence[str] | None,
+    options: Mapping[str, str] | None,
+    correct_letter: str | None,
+) -> _Content:
+    old_answer, old_distractors, old_options, old_letter = _derived(current)
+    letter = correct_letter.strip().upper() if correct_letter else None
+    if options is not None:
+        cleaned = {str(k).strip().upper(): str(v).strip() for k, v in options.items()}
+        cleaned = dict(sorted(cleaned.items()))
+        if letter is None and answer is not None:
+            letter = next(
+                (k for k, v in cleaned.items() if comparable(v) == comparable(answer)), None
+            )
+        letter = letter or old_letter
+        if letter is None:
+            raise ValidationError("say which option is correct: pick a correct letter")
+        validate_options(cleaned, letter)
+        if answer is not None and comparable(answer) != comparable(cleaned[letter]):
+            raise ValidationError(
+                f"the answer {_quoted(answer.strip())} is not option {letter} "
+                f"({_quoted(cleaned[letter])}); make them agree or leave the answer out"
+            )
+        others = [text for key, text in cleaned.items() if key != letter]
+        return _Content(cleaned[letter], others, cleaned, letter, None)
+
+    new_answer = (answer if answer is not None else old_answer or "").strip()
+    if not new_answer:
+        raise ValidationError("the answer is empty; type the correct answer")
+    if distractors is None:
+        new_distractors = list(old_distractors)
+        if letter is None and old_options and old_letter in old_options:
+            kept = dict(old_options)
+            kept[old_letter] = new_answer
+            validate_options(kept, old_letter)
+            return _Content(new_answer, new_distractors, kept, old_letter, current.shuffle_seed
+                            if current else None)
+    else:
+        new_distractors = [str(d).strip() for d in distractors]
+    count = len(new_distractors) + 1
+    seed: int | None = None
+    if letter is None and old_letter and old_letter in LETTERS[:count]:
+        letter = old_letter
+    if letter is None:
+        _check_texts(new_answer, new_distractors)
+        seed = _new_seed()
+        shuffled, letter = _shuffle(new_answer, new_distractors, seed)
+        validate_options(shuffled, letter)
+        return _Content(new_answer, new_distractors, shuffled, letter, seed)
+    if letter not in LETTERS[:count]:
+        raise ValidationError(
+            f"correct letter {letter!r} is not one of the options; pick one of "
+            f"{', '.join(LETTERS[:count])}"
+        )
+    placed = _placed(new_answer, new_distractors, letter)
+    validate_options(placed, letter)
+    return _Content(new_answer, new_distractors, placed, letter, seed)
+
+
+def _check_texts(answer: str, distractors: Sequence[str]) -> None:
+    """Validate before shuffling, naming the letters the texts would get unshuffled."""
+    validate_options(_placed(answer, distractors, "A"), "A")
+
+
+def edit(
+    database: Database,
+    item_id: int,
+    *,
+    curator: str,
+    expected_version: int,
+    answer: str | None = None,
+    distractors: Sequence[str] | None = None,
+    options: Mapping[str, str] | None = None,
+    correct_letter: str | None = None,
+    explanation: str | None = None,
+    reason: str | None = None,
+) -> ReviewResult:
+    """Save a curator's correction as a new current generation (source EDIT).
+
+    Multiple choice, either:
+    - `options` ({"A": ..., "B": ...}) with `correct_letter` (or an `answer` matching one);
+    - or `answer` and/or `distractors`: distractors fill the letters other than the
+      correct one in the given order; the correct letter is `correct_letter`, else the
+      current one, else a fresh recorded shuffle.
+    Fill-in-blank: `answer` only. `None` keeps a field as it is; `explanation=""` clears it.
+    The decision (accepted / rejected / generated) is kept; a pending or failed item
+    becomes generated.
+    """
+    name = _curator(curator)
+    try:
+        with database.write() as session:
+            item = _locked_item(session, item_id, expected_version)
+            if item.status not in EDITABLE:
+                raise ValidationError(
+                    f"item {item_id} cannot be edited: {_WHY_NOT_DECIDABLE[item.status]}"
+                )
+            current = _current(session, item)
+            before = _snapshot(item, current)
+            if item.question_type is QuestionType.MULTIPLE_CHOICE:
+                content = _multiple_choice_content(
+                    current, answer=answer, distractors=distractors, options=options,
+                    correct_letter=correct_letter,
+                )
+                full_question = compose_full_question(item.question, content.options)
+            else:
+                if options or distractors or correct_letter:
+                    raise ValidationError(
+                        f"item {item_id} is fill-in-blank: it has no options; "
+                        "edit only the answer and the explanation"
+                    )
+                text = (answer if answer is not None else (current.answer if current else ""))
+                text = (text or "").strip()
+                if not text:
+                    raise ValidationError("the answer is empty; type the correct answer")
+                content = _Content(text, [], {}, None, None)
+                full_question = item.question
+            old_explanation = current.explanation if current else None
+            new_explanation = (
+                old_explanation if explanation is None else (explanation.strip() or None)
+            )
+            unchanged = current is not None and (
+                content.answer == current.answer
+                and content.options == dict(current.options or {})
+                and content.correct_letter == current.correct_letter
+                and new_explanation == old_explanation
+            )
+            if unchanged:
+                raise ValidationError(
+                    "the edit changes nothing; change the answer, an option, the correct "
+                    "letter or the explanation"
+                )
+            generation = Generation(
+                item_id=item.id,
+                source=GenerationSource.EDIT,
+                ok=True,
+                answer=content.answer,
+                explanation=new_explanation,
+                distractors=content.distractors,
+                options=content.options,
+                correct_letter=content.correct_letter,
+                shuffle_seed=content.seed,
+                full_question=full_question,
+                model=current.model if current else None,
+                prompt_version=current.prompt_version if current else None,
+                quality_flags={},
+            )
+            session.add(generation)
+            session.flush()
+            item.current_generation_id = generation.id
+            if item.status in (ItemStatus.PENDING, ItemStatus.FAILED):
+                item.status = ItemStatus.GENERATED
+                item.last_error = None
+            item.updated_at = utcnow()
+            event = _record(session, item, curator=name, action=ReviewAction.EDIT,
+                            before=before, reason=reason)
+            return _result(item, event)
+    except StaleDataError:
+        raise _stale(item_id) from None
+
+
+def reshuffle(
+    database: Database,
+    item_id: int,
+    *,
+    curator: str,
+    expected_version: int,
+    reason: str | None = None,
+) -> ReviewResult:
+    """Same texts, new option order from a new recorded seed (source RESHUFFLE)."""
+    name = _curator(curator)
+    try:
+        with database.write() as session:
+            item = _locked_item(session, item_id, expected_version)
+            if item.question_type is not QuestionType.MULTIPLE_CHOICE:
+                raise ValidationError(
+                    f"item {item_id} is fill-in-blank: it has no options to reshuffle"
+                )
+            if item.status not in DECIDABLE:
+                raise ValidationError(
+                    f"item {item_id} cannot be reshuffled: {_WHY_NOT_DECIDABLE[item.status]}"
+                )
+            current = _current(session, item)
+            answer, distractors, old_options, _ = _derived(current)
+            if current is None or not answer or not distractors:
+                raise ValidationError(
+                    f"item {item_id} has no options to reshuffle; regenerate or edit it first"
+                )
+            before = _snapshot(item, current)
+            seed = _new_seed()
+            options, letter = _shuffle(answer, distractors, seed)
+            for _ in range(RESHUFFLE_ATTEMPTS):
+                if list(options.values()) != list(old_options.values()):
+                    break
+                seed = _new_seed()
+                options, letter = _shuffle(answer, distractors, seed)
+            generation = Generation(
+                item_id=item.id,
+                source=GenerationSource.RESHUFFLE,
+                ok=True,
+                answer=answer,
+                explanation=current.explanation,
+                distractors=list(distractors),
+                options=options,
+                correct_letter=letter,
+                shuffle_seed=seed,
+                full_question=compose_full_question(item.question, options),
+                model=current.model,
+                prompt_version=current.prompt_version,
+                quality_flags=dict(current.quality_flags or {}),
+            )
+            session.add(generation)
+            session.flush()
+            item.current_generation_id = generation.id
+            item.updated_at = utcnow()
+            event = _record(session, item, curator=name, action=ReviewAction.RESHUFFLE,
+                            before=before, reason=reason)
+            return _result(item, event)
+    except StaleDataError:
+        raise _stale(item_id) from None
+
+
+def regenerate(
+    database: Database,
+    item_id: int,
+    *,
+    curator: str,
+    expected_version: int,
+    endpoint: Endpoint,
+    scope: RegenerateScope = RegenerateScope.WHOLE,
+    reason: str | None = None,
+    settings: RunSettings | None = None,
+) -> ReviewResult:
+    """Ask the engine for a new generation; returns at once, the engine does the work.
+
+    The item is claimed first (its version bumped under the lock, so a concurrent action
+    on the old version is refused), then `runs.request_regeneration` queues it. The event
+    records the state before, and after the request the queued state with its run.
+    """
+    name = _curator(curator)
+    scope = RegenerateScope(scope)
+    cleaned_reason = (reason or "").strip() or None
+    try:
+        with database.write() as session:
+            item = _locked_item(session, item_id, expected_version)
+            if item.status not in REGENERATABLE:
+                why = {
+                    ItemStatus.PENDING: "it is already waiting to be generated",
+                    ItemStatus.GENERATING: "a run is generating it right now",
+                }[item.status]
+                raise ValidationError(f"item {item_id} cannot be regenerated: {why}")
+            current = _current(session, item)
+            if scope is RegenerateScope.DISTRACTORS:
+                if item.question_type is not QuestionType.MULTIPLE_CHOICE:
+                    raise ValidationError(
+                        f"item {item_id} is fill-in-blank: it has no distractors; "
+                        "regenerate the whole item"
+                    )
+                if current is None or not current.answer:
+                    raise ValidationError(
+                        f"item {item_id} has no answer to keep; regenerate the whole item"
+                    )
+            before = _snapshot(item, current)
+            item.updated_at = utcnow()
+            event = _record(session, item, curator=name, action=ReviewAction.REGENERATE,
+                            before=before, reason=cleaned_reason)
+            event.after = {**event.after, "scope": scope.value, "requested": True}
+            event_id = event.id
+    except StaleDataError:
+        raise _stale(item_id) from None
+
+    from vqa_engine.runs import request_regeneration
+
+    try:
+        run_id = request_regeneration(
+            database, [item_id], scope=scope, reason=cleaned_reason, endpoint=endpoint,
+            **({"settings": settings} if settings is not None else {}),
+        )
+    except Exception as exc:
+        # Only our own messages are stored: an HTTP library's repr may carry credentials.
+        cause = f"{type(exc).__name__}: {exc}" if isinstance(exc, VQAError) else type(exc).__name__
+        with database.write() as session:
+            failed = session.get_one(ReviewEvent, event_id)
+            failed.after = {**failed.after, "requested": False, "error": cause}
+        raise
+    with database.write() as session:
+        item = session.get_one(Item, item_id)
+        event = session.get_one(ReviewEvent, event_id)
+        event.after = {**_snapshot(item, _current(session, item)), "scope": scope.value,
+                       "requested": True, "run_id": run_id}
+        return _result(item, event, run_id)
+
+
+# ---------------------------------------------------------------- history
+
+_TRACKED = ("status", "answer", "options", "correct_letter", "explanation",
+            "current_generation_id")
+
+
+def _changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[Change, ...]:
+    return tuple(
+        Change(name, before.get(name), after.get(name))
+        for name in _TRACKED
+        if name in after and before.get(name) != after.get(name)
+    )
+
+
+def _generation_summary(generation: Generation) -> str:
+    if not generation.ok:
+        where = f" at {generation.error_step}" if generation.error_step else ""
+        return f"failed ({generation.error_type or 'error'}{where}): {generation.error_message}"
+    if generation.correct_letter:
+        return f"answer {_quoted(generation.answer or '')}, correct {generation.correct_letter}"
+    return f"answer {_quoted(generation.answer or '')}"
+
+
+def history(session: Session, item_id: int) -> list[HistoryEntry]:
+    """Model generations and curator actions of an item, newest first.
+
+    Edits and reshuffles appear once, as the curator's action (their generation is in
+    `generation_id`).
+    """
+    entries: list[HistoryEntry] = []
+    for generation in session.scalars(
+        select(Generation)
+        .where(Generation.item_id == item_id, Generation.source == GenerationSource.MODEL)
+        .order_by(Generation.id)
+    ):
+        entries.append(
+            HistoryEntry(
+                at=generation.created_at,
+                kind="generation",
+                actor=generation.model or "model",
+                action="generate" if generation.ok else "generate failed",
+                summary=_generation_summary(generation),
+                generation_id=generation.id,
+            )
+        )
+    for event in session.scalars(
+        select(ReviewEvent).where(ReviewEvent.item_id == item_id).order_by(ReviewEvent.id)
+    ):
+        after = event.after or {}
+        summary = event.action.value
+        if after.get("error"):
+            summary += f" (request failed: {after['error']})"
+        elif after.get("scope"):
+            summary += f" ({after['scope']})"
+        entries.append(
+            HistoryEntry(
+                at=event.created_at,
+                kind="review",
+                actor=event.curator,
+                action=event.action.value,
+                summary=summary,
+                changes=_changes(event.before or {}, after),
+                reason=event.reason,
+                generation_id=after.get("current_generation_id"),
+                event_id=event.id,
+            )
+        )
+    entries.sort(
+        key=lambda e: (_aware(e.at), e.kind == "review", e.event_id or e.generation_id or 0),
+        reverse=True,
+    )
+    return entries
