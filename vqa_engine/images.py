@@ -13,6 +13,7 @@ small file that claims to be gigapixels cannot exhaust memory.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -123,16 +124,18 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
     if width * height > limits.max_pixels:
         image.close()
         raise InputError(
-            f"image too large: {width}x{height} = {width * height:,} pixels is above the "
-            f"limit of {limits.max_pixels:,} (a possible decompression bomb); downscale it first"
+            f"image too large: {width}x{height} = {width * height:,} pixels is above the limit "
+            f"of {limits.max_pixels:,} (a possible decompression bomb); downscale it first"
         )
     return image
 
 
 def _bomb_message(exc: Exception, limits: ImageLimits) -> str:
+    claimed = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(claimed.group(1)):,} pixels" if claimed else "its pixel count"
     return (
-        f"image too large: {exc} (limit {limits.max_pixels:,} pixels, a possible "
-        "decompression bomb); downscale it first"
+        f"image too large: {size} is above the limit of {limits.max_pixels:,} "
+        "(a possible decompression bomb); downscale it first"
     )
 
 
@@ -225,12 +228,12 @@ def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedI
         image = _open(data, limits)
         try:
             source_format = str(image.format)
-            orientation = _orientation(image)
             source_width, source_height = image.size
-            if orientation in _ROTATING_ORIENTATIONS:
-                source_width, source_height = source_height, source_width
             try:
                 reduced = _decode_reduced(image, limits.max_side)
+                # Only after decoding: a PNG's EXIF may sit after its pixels, and reading it
+                # first would decode them in a path that hides a broken stream.
+                orientation = _orientation(image)
                 upright = _rgb_upright(reduced, orientation)
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise InputError(_bomb_message(exc, limits)) from None
@@ -240,6 +243,8 @@ def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedI
                     f"corrupt or truncated image: the pixels cannot be decoded ({reason}); "
                     "re-export or re-upload it"
                 ) from None
+            if orientation in _ROTATING_ORIENTATIONS:
+                source_width, source_height = source_height, source_width
             jpeg, quality = _encode(upright, limits)
         finally:
             image.close()
