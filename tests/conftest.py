@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from db.engine import Database, open_database
+from vqa_engine.simulator import SimulatorConfig, SimulatorServer
 
 
 @pytest.fixture
@@ -26,3 +27,10 @@ def database(data_dir: Path) -> Iterator[Database]:
     db = open_database(f"sqlite:///{data_dir / 'vqa.db'}")
     yield db
     db.close()
+
+
+@pytest.fixture
+def simulator() -> Iterator[SimulatorServer]:
+    """A running SIMULATED endpoint (latency 0-5 ms); `.base_url`, `.stats`, `.reconfigure()`."""
+    with SimulatorServer(SimulatorConfig(latency_ms=2.5, jitter_ms=2.5, seed=0)) as server:
+        yield server
