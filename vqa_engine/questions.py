@@ -220,7 +220,7 @@ def _csv_columns(names: list[str], need_type: bool) -> list[str]:
     missing = [c for c in required if c not in seen]
     if missing:
         hint = (
-            "; or give a default question type for the dataset"
+            "; or set a default question type for the dataset (--question-type)"
             if missing == [QUESTION_TYPE] else ""
         )
         raise _RowError(
@@ -275,7 +275,8 @@ def _text_field(record: dict[str, Any], name: str, row: int, limit: int,
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
             state = "missing" if name not in record else "empty"
-            problems.append(Problem(file, row, name, f"{state}; every row needs a {name}"))
+            article = "an" if name[0] in "aeiou" else "a"
+            problems.append(Problem(file, row, name, f"{state}; every row needs {article} {name}"))
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         problems.append(Problem(
@@ -422,8 +423,8 @@ def _validate(
                 state = "missing" if QUESTION_TYPE not in record else "empty"
                 problems.append(Problem(
                     file, row, QUESTION_TYPE,
-                    f"{state}; use one of: {TYPE_NAMES}, or give a default question type "
-                    "for the dataset",
+                    f"{state}; use one of: {TYPE_NAMES}, or set a default question type "
+                    "for the dataset (--question-type)",
                 ))
     extra = _check_extra(record, row, limits, problems, file)
     if len(problems) > before:
