@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import errno
 import json
 import random
 import re
@@ -342,8 +343,10 @@ class VLMClient:
             )) from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
                 aiohttp.ClientOSError, aiohttp.ClientConnectionError) as exc:
+            reset = isinstance(exc, aiohttp.ClientOSError) and exc.errno == errno.ECONNRESET
+            what = "the server reset the connection" if reset else "the connection was dropped"
             raise EndpointConnectionError(self._message(
-                f"the connection was dropped ({type(exc).__name__})", image,
+                f"{what} ({type(exc).__name__})", image,
                 "the request will be retried; if it persists, check the server's logs",
             )) from None
         except aiohttp.ClientError as exc:
