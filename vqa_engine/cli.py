@@ -61,6 +61,81 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from vqa_engine.pipeline import PipelineOptions, run_pipeline
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = PipelineOptions(
+        input=Path(args.input), out_dir=Path(args.out_dir),
+        images=[Path(p) for p in args.images or []], concurrency=args.concurrency,
+        batch_size=args.batch_size, base_url=args.base_url, model=args.model,
+        api_key_env=args.api_key_env, retries=args.retries, temperature=args.temperature,
+        dataset=args.dataset,
+    )
+    return run_pipeline(options).exit_code
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import logging
+
+    from db.engine import data_dir, database_url, open_database
+    from vqa_engine.host import EngineHost
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    database = open_database()
+    print(f"worker running on {database_url().split('@')[-1]}; Ctrl-C drains and exits",
+          file=sys.stderr)
+    try:
+        EngineHost(database, data=data_dir()).run_foreground()
+    finally:
+        database.close()
+    print("worker stopped; unfinished items are back to pending", file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from db.engine import open_database
+    from db.queries import dataset_by_name, dataset_overview
+    from vqa_engine.errors import ExportError
+    from vqa_engine.export import ExportFormat, ExportSelection, ImageMode, export_dataset
+
+    database = open_database()
+    bar = tqdm(total=0, desc="exporting", unit="item", file=sys.stderr, disable=None)
+
+    def progress(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.update(done - bar.n)
+
+    try:
+        with database.read() as session:
+            dataset = dataset_by_name(session, args.dataset)
+            if dataset is None:
+                names = [entry.name for entry in dataset_overview(session)]
+                known = ", ".join(repr(n) for n in names[:20]) or "none yet"
+                raise ExportError(f"no dataset named {args.dataset!r}; known datasets: {known}")
+        summary = export_dataset(
+            database, dataset.id, Path(args.out_path), fmt=ExportFormat(args.format),
+            selection=ExportSelection(args.select), image_mode=ImageMode(args.images),
+            progress=progress,
+        )
+    finally:
+        bar.close()
+        database.close()
+    print(f"exported {summary.items} items of '{args.dataset}' to {summary.path} "
+          f"({summary.bytes / 1e6:.1f} MB, {summary.seconds:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vqa_engine", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -83,6 +158,42 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=None)
     simulate.add_argument("--model", default="simulated-vlm", metavar="NAME")
     simulate.set_defaults(handler=_cmd_simulate)
+
+    generate = commands.add_parser(
+        "generate", help="import a question file and generate answers into OUT_DIR",
+        description="Import INPUT (JSON, JSONL or CSV) into a database in OUT_DIR, generate "
+        "answers and options with an OpenAI-compatible vision model, and write "
+        "OUT_DIR/results.json and OUT_DIR/errors.json. Re-running the same command resumes "
+        "and pays for nothing already answered.",
+    )
+    generate.add_argument("input", metavar="INPUT")
+    generate.add_argument("out_dir", metavar="OUT_DIR")
+    generate.add_argument("--images", nargs="+", metavar="PATH",
+                          help="image files, folders or zip archives (default: INPUT's folder)")
+    generate.add_argument("--concurrency", type=int, default=10, metavar="N",
+                          help="requests in flight at once (1 = sequential; default 10)")
+    generate.add_argument("--batch-size", type=int, default=None, metavar="N",
+                          help="items claimed per database round trip")
+    generate.add_argument("--base-url", help="endpoint base URL (default: $VQA_BASE_URL, "
+                          "then a local vLLM at http://localhost:8000/v1)")
+    generate.add_argument("--model", help="model name (default: $VQA_MODEL)")
+    generate.add_argument("--api-key-env", metavar="VAR",
+                          help="environment variable holding the API key (default: VQA_API_KEY)")
+    generate.add_argument("--retries", type=int, default=3, metavar="N",
+                          help="retries per request for 429 / 5xx / timeouts (default 3)")
+    generate.add_argument("--temperature", type=float, default=0.7)
+    generate.add_argument("--dataset", metavar="NAME",
+                          help="dataset name in OUT_DIR's database (default: INPUT's file name)")
+    generate.add_argument("-v", "--verbose", action="store_true", help="log the engine's work")
+    generate.set_defaults(handler=_cmd_generate)
+
+    worker = commands.add_parser(
+        "worker", help="run the generation engine in the foreground (for servers)",
+        description="Run queued generation runs of the database ($VQA_DATABASE_URL) until "
+        "Ctrl-C or SIGTERM, which lets in-flight requests finish briefly and returns the "
+        "rest to pending.",
+    )
+    worker.set_defaults(handler=_cmd_worker)
     return parser
 
 

@@ -196,8 +196,7 @@ def store_outcomes(
     now = utcnow()
     rows: list[dict[str, Any]] = []
     for item_id, outcome in by_item.items():
-        usage.ledger_hits += outcome.ledger_hits
-        usage.retries += outcome.retries
+        usage.ledger_hits += outcome.ledger_hits  # retries are counted as they happen
         usage.add_errors(failure.error_type for failure in outcome.failures)
         if item_id not in owned:
             continue

@@ -266,8 +266,10 @@ class RunExecutor:
         self.worker_id = worker.worker_id
         self.queue: asyncio.Queue[ItemJob] = asyncio.Queue()
         self.busy: dict[asyncio.Task[None], ItemJob] = {}
-        self.released: list[int] = []
+        self.claimed: set[int] = set()  # filled by the writer thread as claims commit
+        self.settled: set[int] = set()  # outcome handed to the writer
         self.stop_mode: str | None = None
+        self.fail_message: str | None = None
         self._stop_requested = asyncio.Event()
         self._room = asyncio.Event()
         self._retries = _Usage(run_id)
@@ -324,15 +326,22 @@ class RunExecutor:
                         self.stop_mode = "error"
                 await self._wind_down(consumers)
         self._flush_usage()
-        if self.released:
-            ids = list(self.released)
-            await self.writer.call(lambda s: work_queue.release_items(s, self.worker_id, ids))
+        message = self.fail_message
+
+        def settle(session: Session) -> None:
+            # In the writer, after any claim still queued; one transaction, so whoever sees
+            # the run failed also sees its items pending.
+            work_queue.release_items(session, self.worker_id, sorted(self.claimed - self.settled))
+            if message:
+                work_queue.set_run_status(session, self.run_id, RunStatus.FAILED, message)
+
+        await self.writer.call(settle)
         log.info("run %s: %s", self.run_id, "finished" if self.finished else
                  f"stopped ({self.stop_mode})")
 
     async def _wind_down(self, consumers: list[asyncio.Task[None]]) -> None:
         while not self.queue.empty():
-            self.released.append(self.queue.get_nowait().item_id)
+            self.queue.get_nowait()  # released with every other unsettled claim
         idle = [task for task in consumers if task not in self.busy]
         for task in idle:
             task.cancel()
@@ -363,9 +372,7 @@ class RunExecutor:
             while self.queue.qsize() >= depth:
                 self._room.clear()
                 await self._room.wait()
-            claimed = await self.writer.call(
-                lambda s: work_queue.claim_items(s, self.run_id, self.worker_id,
-                                                 settings.batch_size))
+            claimed = await self.writer.call(self._claim)
             if claimed:
                 idle_checks = 0
                 jobs = await asyncio.to_thread(self._prepare_jobs, claimed)
@@ -392,6 +399,14 @@ class RunExecutor:
             if idle_checks % 10 == 0:
                 await self.worker.reclaim(self.run_id)
             await asyncio.sleep(self.worker.settings.poll_interval * 2)
+
+    def _claim(self, session: Session) -> list[work_queue.ClaimedItem]:
+        # Runs in the writer thread; recorded there so a claim whose caller was cancelled
+        # meanwhile is still released when the executor stops.
+        claimed = work_queue.claim_items(session, self.run_id, self.worker_id,
+                                         self.settings.batch_size)
+        self.claimed.update(c.item_id for c in claimed)
+        return claimed
 
     def _prepare_jobs(self, claimed: list[work_queue.ClaimedItem]) -> list[ItemJob]:
         """Build jobs and prefetch their successful ledger entries (runs in a thread)."""
@@ -446,19 +461,16 @@ class RunExecutor:
             job = await self.queue.get()
             self._room.set()
             if self.stop_mode is not None:
-                self.released.append(job.item_id)
                 continue
             self.busy[task] = job
             try:
                 outcome = await self.generator.generate(job)
             except AuthenticationError as exc:
                 self.busy.pop(task, None)
-                self.released.append(job.item_id)
-                await self._fail_run(str(exc))
+                self._fail_run(str(exc))
                 continue
             except asyncio.CancelledError:
                 self.busy.pop(task, None)
-                self.released.append(job.item_id)
                 raise
             except Exception as exc:  # a bug must fail one item, not the run
                 log.error("run %s: item %s: unexpected %s", self.run_id, job.item_id,
@@ -468,16 +480,16 @@ class RunExecutor:
                     failures=[AttemptFailure("internal", Step.ANSWER, safe_message(exc))],
                 )
             self.busy.pop(task, None)
+            self.settled.add(job.item_id)
             self.writer.outcome(self.run_id, self.worker_id, outcome)
             self._room.set()
 
-    async def _fail_run(self, message: str) -> None:
+    def _fail_run(self, message: str) -> None:
         if self.stop_mode is not None:
             return
+        self.fail_message = message
         self.request_stop("fail")
-        log.error("run %s stopped: %s", self.run_id, message)
-        await self.writer.call(
-            lambda s: work_queue.set_run_status(s, self.run_id, RunStatus.FAILED, message))
+        log.warning("run %s stopped: %s", self.run_id, message)
 
 
 def _reader(path: Path) -> Callable[[], Any]:
@@ -548,7 +560,7 @@ class Worker:
     def _read_runs(self) -> list[tuple[int, RunStatus, dict[str, Any], Any, Any]]:
         executing = list(self.executors)
         with self.database.read() as session:
-            query = select(Run.id, Run.status, Run.config, Run.created_at, Run.heartbeat_at)
+            query = select(Run.id, Run.status, Run.config, Run.updated_at, Run.heartbeat_at)
             condition = Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])
             if executing:
                 condition = or_(condition, Run.id.in_(executing))
@@ -567,7 +579,7 @@ class Worker:
                 self._restart_after[run_id] = time.monotonic() + self.settings.restart_delay
         runs = await asyncio.to_thread(self._read_runs)
         now = time.monotonic()
-        for run_id, status, config, created_at, heartbeat_at in runs:
+        for run_id, status, config, updated_at, heartbeat_at in runs:
             entry = self.executors.get(run_id)
             if entry is not None:
                 if not status.is_active:
@@ -579,7 +591,7 @@ class Worker:
                 continue
             found = self._find_key(run_id, config)
             if isinstance(found, _MissingKey):
-                await self._handle_missing_key(run_id, found, created_at, heartbeat_at)
+                await self._handle_missing_key(run_id, found, updated_at, heartbeat_at)
                 continue
             executor = RunExecutor(self, run_id, config, found)
             task = asyncio.create_task(executor.run(), name=f"run{run_id}")
@@ -618,12 +630,12 @@ class Worker:
             "the API key was entered in the run form and is kept only in memory, so it was "
             "lost when the engine restarted; enter it again and resume the run")
 
-    async def _handle_missing_key(self, run_id: int, missing: _MissingKey, created_at: Any,
+    async def _handle_missing_key(self, run_id: int, missing: _MissingKey, updated_at: Any,
                                   heartbeat_at: Any) -> None:
         # Another process (the dashboard, a server worker) may hold the key: only pause
-        # once nobody has worked on the run for a while.
-        last = as_utc(heartbeat_at) or as_utc(created_at)
-        if last is not None and (utcnow() - last).total_seconds() < \
+        # once nobody has touched the run (started, resumed, worked on it) for a while.
+        moments = [m for m in (as_utc(heartbeat_at), as_utc(updated_at)) if m is not None]
+        if moments and (utcnow() - max(moments)).total_seconds() < \
                 self.settings.missing_key_grace:
             return
         log.warning("run %s paused: %s", run_id, missing.message)
