@@ -24,7 +24,7 @@ JSON_METHODS = frozenset({"json", "json_fenced", "json_embedded"})
 
 NULLISH = frozenset({"null", "none", "n/a", "nil", "undefined", "nan", "无", "空"})
 
-MAX_SCAN = 200_000  # characters of model text examined; a longer answer is not an answer
+MAX_SCAN = 50_000  # characters of model text examined; a longer answer is not an answer
 MAX_JSON_STARTS = 64  # positions tried for JSON embedded in prose
 
 ANSWER_KEYS = ("answer", "final_answer", "correct_answer", "答案", "正确答案")
@@ -57,8 +57,7 @@ class ParsedOptions:
 
 # -- shared ------------------------------------------------------------------------------
 
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
-_FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
+_INFO_STRING = re.compile(r"[A-Za-z0-9_+-]*")
 _WRAPPERS = (("**", "**"), ("__", "__"), ("`", "`"), ('"', '"'), ("'", "'"), ("“", "”"),
              ("‘", "’"), ("「", "」"), ("『", "』"), ("*", "*"))
 
@@ -67,18 +66,40 @@ def _prepare(text: Any) -> str:
     if not isinstance(text, str):
         text = "" if text is None else str(text)
     text = text[:MAX_SCAN].replace("\r\n", "\n").replace("\r", "\n")
-    text = _THINK.sub("", text)
-    if "<think>" in text.lower():  # an unclosed reasoning block: keep what follows it, if any
-        text = text[text.lower().rfind("<think>") + len("<think>"):]
+    lowered = text.lower()
+    close = lowered.rfind("</think>")
+    if close >= 0:  # reasoning models: the answer follows the last closed thinking block
+        text, lowered = text[close + len("</think>"):], lowered[close + len("</think>"):]
+    opening = lowered.find("<think>")
+    if opening >= 0:  # thinking that never ended: no answer after it
+        text = text[:opening]
     return text.strip()
+
+
+def _fenced_blocks(text: str) -> Iterator[str]:
+    """Contents of ``` fenced blocks (an info string such as `json` dropped), in linear time."""
+    position = 0
+    while True:
+        start = text.find("```", position)
+        if start < 0:
+            return
+        end = text.find("```", start + 3)
+        if end < 0:
+            return
+        block = text[start + 3:end]
+        first_line, newline, rest = block.partition("\n")
+        if newline and _INFO_STRING.fullmatch(first_line.strip()):
+            block = rest
+        yield block.strip()
+        position = end + 3
 
 
 def clean_value(value: str) -> str:
     """Trim whitespace, markdown emphasis and matching quotes around a value."""
     text = value.strip()
-    changed = True
-    while changed and text:
-        changed = False
+    changed, rounds = True, 0
+    while changed and text and rounds < 8:
+        changed, rounds = False, rounds + 1
         for opening, closing in _WRAPPERS:
             if (len(text) >= len(opening) + len(closing) and text.startswith(opening)
                     and text.endswith(closing)):
@@ -118,9 +139,9 @@ def _json_candidates(text: str) -> Iterator[tuple[Any, str]]:
         yield json.loads(text), "json"
     except (ValueError, RecursionError):
         pass
-    for match in _FENCE.finditer(text):
+    for block in _fenced_blocks(text):
         try:
-            yield json.loads(match.group(1).strip()), "json_fenced"
+            yield json.loads(block), "json_fenced"
         except (ValueError, RecursionError):
             continue
     starts = 0
@@ -160,9 +181,12 @@ def _lookup(data: dict[Any, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
 _ANSWER_LABEL = re.compile(
     r"^[#>*_\s-]{0,6}(?:final answer|correct answer|answer|正确答案|最终答案|答案)"
     r"[*_\s]{0,4}[:：][*_\s]{0,4}(.*)$", re.IGNORECASE)
+_EXPLANATION_WORDS = r"(?:explanation|reasoning|reason|rationale|解释|理由|说明)"
 _EXPLANATION_LABEL = re.compile(
-    r"(?:^|\s|[*_#>-])(?:explanation|reasoning|reason|rationale|解释|理由|说明)"
-    r"[*_\s]{0,4}[:：](.*)$", re.IGNORECASE)
+    r"^[#>*_\s-]{0,6}" + _EXPLANATION_WORDS + r"[*_\s]{0,4}[:：][*_\s]{0,4}(.*)$",
+    re.IGNORECASE)
+_INLINE_EXPLANATION = re.compile(
+    r"(?<![A-Za-z])" + _EXPLANATION_WORDS + r"[*_\s]{0,4}[:：][*_\s]{0,4}(.*)$", re.IGNORECASE)
 _LOOSE_ANSWER = re.compile(
     r"""["']answer["']\s*:\s*(?:"((?:[^"\\\n]|\\.){0,2000})"|'([^'\n]{0,2000})'|(-?\d+(?:\.\d+)?))""",
     re.IGNORECASE)
@@ -236,7 +260,7 @@ def _answer_from_labels(text: str) -> ParsedAnswer | None:
             continue
         rest = match.group(1)
         explanation = ""
-        inline = _EXPLANATION_LABEL.search(rest)
+        inline = _INLINE_EXPLANATION.search(rest)
         if inline is not None:
             explanation = inline.group(1)
             rest = rest[:inline.start()]
@@ -291,7 +315,7 @@ _LINE_LAYOUTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("numbered", re.compile(r"^[(（]?\d{1,2}(?:[.．]\s+|[)）:：、]\s*)(.*)$")),
     ("bullet", re.compile(r"^[-*•·+]\s+(.*)$")),
 )
-_SEPARATORS = re.compile(r"\s*[,;，；、]\s*")
+_SEPARATORS = re.compile(r"[,;，；、]")
 
 
 def _strip_marker(line: str) -> str:
