@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
-from curated_rows import add_dataset, add_image, add_item, add_run
-from db.engine import Database, open_database
+from curated_rows import add_dataset, add_image, add_item, add_run, postgres_database  # noqa: F401
+from db.engine import Database
 from db.models import ItemStatus, QuestionType, ReviewAction, ReviewEvent, RunStatus
 from db.queries import (
     ANY_FLAG,
@@ -27,9 +24,6 @@ from db.queries import (
     recent_runs,
     status_counts,
 )
-
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
 
 @dataclass(frozen=True)
 class Sample:
@@ -260,27 +254,6 @@ def test_item_detail_of_a_pending_item_has_no_generation(database: Database,
         detail = item_detail(session, sample.ids["q4"])
     assert detail is not None and detail.current is None and detail.generations == []
     assert detail.item.question.startswith("Question q4")
-
-
-@pytest.fixture
-def postgres_database() -> Iterator[Database]:
-    try:
-        probe = Database(POSTGRES_URL)
-        with probe.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means: no server here
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({type(exc).__name__})")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with probe.engine.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    database = open_database(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
-    try:
-        yield database
-    finally:
-        database.close()
-        with probe.engine.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        probe.close()
 
 
 @pytest.mark.postgres

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from curated_rows import add_dataset, add_image, add_item
+from curated_rows import add_dataset, add_image, add_item, postgres_database  # noqa: F401
 from db.engine import Database
 from db.models import (
     Generation,
@@ -437,3 +437,33 @@ def test_history_lists_generations_and_actions_newest_first(database: Database,
     assert edit.generation_id == edited.generation_id
     assert reject.reason == "wrong"
     assert generated.summary == "answer 'cat', correct B"
+
+
+@pytest.mark.postgres
+def test_simultaneous_actions_are_serialised_on_postgresql(
+    postgres_database: Database, data_dir: Path,
+) -> None:
+    with postgres_database.write() as session:
+        item_id = add_item(session, add_dataset(session), add_image(session, data_dir),
+                           external_id="pg").id
+    shown = version_of(postgres_database, item_id)
+    barrier = threading.Barrier(3)
+    outcomes: list[str] = []
+
+    def act(curator: str) -> None:
+        barrier.wait()
+        try:
+            review.reshuffle(postgres_database, item_id, curator=curator,
+                             expected_version=shown)
+            outcomes.append("ok")
+        except ConflictError:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=act, args=(name,)) for name in ("a", "b", "c")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["conflict", "conflict", "ok"]
+    assert generation_count(postgres_database, item_id) == 2
+    assert len(state(postgres_database, item_id)[2]) == 1

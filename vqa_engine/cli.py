@@ -194,6 +194,26 @@ def build_parser() -> argparse.ArgumentParser:
         "rest to pending.",
     )
     worker.set_defaults(handler=_cmd_worker)
+
+    exporter = commands.add_parser(
+        "export", help="export a dataset's curated items to a file",
+        description="Export the items of a dataset (accepted only by default) to OUT_PATH. "
+        "The file appears only when the export is complete.",
+    )
+    exporter.add_argument("out_path", metavar="OUT_PATH")
+    exporter.add_argument("--dataset", required=True, metavar="NAME")
+    exporter.add_argument("--format", default="json",
+                          choices=["json", "jsonl", "llava", "mmbench", "parquet"],
+                          help="json (default, the pipeline's results layout), jsonl, llava "
+                          "(conversations), mmbench (TSV with A/B/C/D columns and base64 "
+                          "images), parquet (with image bytes)")
+    exporter.add_argument("--select", default="accepted",
+                          choices=["accepted", "accepted+generated", "all"],
+                          help="which items (default: accepted)")
+    exporter.add_argument("--images", default="names", choices=["names", "zip", "embedded"],
+                          help="names: the image file names (default); zip: OUT_PATH is a zip "
+                          "with the export and an images/ folder; embedded: data: URLs")
+    exporter.set_defaults(handler=_cmd_export)
     return parser
 
 
