@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,34 @@ def database(data_dir: Path) -> Iterator[Database]:
     db = open_database(f"sqlite:///{data_dir / 'vqa.db'}")
     yield db
     db.close()
+
+
+@pytest.fixture
+def storage_snapshot(database: Database, data_dir: Path) -> Callable[[], dict[str, object]]:
+    """A callable capturing the data dir (every file and folder, with content hashes, except
+    the SQLite files) and the row count of every table, to prove a failure changed nothing."""
+    import hashlib
+
+    from sqlalchemy import func, select
+
+    from db.models import Base
+
+    def capture() -> dict[str, object]:
+        entries = sorted(data_dir.rglob("*"))
+        files = {
+            path.relative_to(data_dir).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in entries
+            if path.is_file() and not path.name.startswith("vqa.db")
+        }
+        folders = [path.relative_to(data_dir).as_posix() for path in entries if path.is_dir()]
+        with database.read() as session:
+            rows = {
+                table.name: session.scalar(select(func.count()).select_from(table))
+                for table in Base.metadata.sorted_tables
+            }
+        return {"files": files, "folders": folders, "rows": rows}
+
+    return capture
 
 
 @pytest.fixture

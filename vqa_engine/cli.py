@@ -25,6 +25,44 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from db.engine import open_database
+    from vqa_engine.errors import IngestError
+    from vqa_engine.ingest import ingest_dataset
+
+    database = open_database()
+    bar = tqdm(total=0, desc="preparing images", unit="img", file=sys.stderr, disable=None)
+
+    def progress(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.update(done - bar.n)
+
+    try:
+        summary = ingest_dataset(
+            database, args.questions_file, args.images, args.dataset,
+            default_question_type=args.question_type, progress=progress, workers=args.workers,
+        )
+    except IngestError as exc:
+        bar.close()  # the error list must not interleave with the bar
+        print(f"error: {len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''} "
+              "found; nothing was imported:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+        database.close()
+    print(
+        f"imported dataset '{summary.dataset_name}' (id {summary.dataset_id}): "
+        f"{summary.items} items, {summary.images_stored} images stored, "
+        f"{summary.duplicates_skipped} duplicates skipped, {summary.seconds:.1f} s"
+    )
+    return 0
+
+
 def _faults_argument(text: str) -> dict[str, float]:
     from vqa_engine.simulator import parse_faults
 
@@ -142,6 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     migrate.set_defaults(handler=_cmd_migrate)
+
+    importer = commands.add_parser(
+        "import", help="import a question file and its images as a new dataset",
+        description="Import a question file (JSON, JSONL or CSV) and its images as a new "
+        "dataset. All or nothing: any bad row or image is reported and nothing is stored.",
+    )
+    importer.add_argument("questions_file", metavar="QUESTIONS_FILE")
+    importer.add_argument("--images", nargs="+", required=True, metavar="PATH",
+                          help="image files, folders or zip archives")
+    importer.add_argument("--dataset", required=True, metavar="NAME",
+                          help="name of the new dataset")
+    importer.add_argument("--question-type", choices=["multiple_choice", "fill_in_blank"],
+                          help="question type for rows that do not give one")
+    importer.add_argument("--workers", type=int, default=None, metavar="N",
+                          help="image preparation processes (default: every core)")
+    importer.set_defaults(handler=_cmd_import)
+
     simulate = commands.add_parser(
         "simulate", help="serve a SIMULATED OpenAI-compatible vision endpoint (no real model)",
         description="Serve a simulated OpenAI-compatible endpoint (POST /v1/chat/completions, "

@@ -19,13 +19,11 @@ twice in one upload under different names, is stored once and counted as a dupli
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,13 +37,19 @@ from vqa_engine.image_sources import (
     ImageCatalog,
     ImageSource,
     SourceLimits,
-    close_archives,
     collect_images,
     decode_data_url,
     is_data_url,
-    read_source,
 )
-from vqa_engine.images import ImageLimits, image_paths_for, prepare_image, stored_path
+from vqa_engine.images import ImageLimits, image_paths_for, stored_path
+from vqa_engine.ingest_worker import (
+    FailedResult,
+    PreparedResult,
+    PrepareTask,
+    WorkerSettings,
+    run_tasks,
+    staged_paths,
+)
 from vqa_engine.questions import (
     QuestionLimits,
     QuestionRow,
@@ -59,6 +63,7 @@ Progress = Callable[[int, int], None]
 STAGING_DIR = ".staging"
 _IMAGE_REF_MAX = 1000  # the items.image_ref column
 _IN_CHUNK = 500
+_POOL_MIN_IMAGES = 8  # below this, starting processes costs more than it saves
 _MB = 1024 * 1024
 
 
@@ -82,140 +87,6 @@ class IngestSummary:
     images_stored: int
     duplicates_skipped: int
     seconds: float
-
-
-# --- work done in the pool ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Task:
-    index: int
-    source: ImageSource
-
-
-@dataclass(frozen=True)
-class _Settings:
-    staging: Path
-    sources: SourceLimits
-    images: ImageLimits
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    index: int
-    sha256: str
-    byte_size: int
-    staged: bool  # False: the bytes are already stored, nothing was prepared
-    format: str = ""
-    ext: str = ""
-    width: int = 0
-    height: int = 0
-    prepared_width: int = 0
-    prepared_height: int = 0
-    prepared_byte_size: int = 0
-    quality: int = 0
-
-
-@dataclass(frozen=True)
-class _Failed:
-    index: int
-    reason: str
-    byte_size: int = 0
-
-
-_Result = _Prepared | _Failed
-
-_worker_known: frozenset[str] = frozenset()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
-def _staged_paths(staging: Path, sha256: str, ext: str) -> tuple[Path, Path]:
-    original_rel, prepared_rel = image_paths_for(sha256, ext)
-    return staging / original_rel, staging / prepared_rel
-
-
-def _prepare_task(task: _Task, settings: _Settings, known: frozenset[str]) -> _Result:
-    try:
-        data = read_source(task.source, settings.sources)
-    except InputError as exc:
-        return _Failed(task.index, str(exc))
-    sha256 = hashlib.sha256(data).hexdigest()
-    if sha256 in known:
-        return _Prepared(task.index, sha256, len(data), staged=False)
-    try:
-        prepared = prepare_image(data, settings.images)
-    except InputError as exc:
-        return _Failed(task.index, str(exc), len(data))
-    original, jpeg = _staged_paths(settings.staging, sha256, prepared.extension)
-    original.parent.mkdir(parents=True, exist_ok=True)
-    jpeg.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(original, data)
-    _write_atomically(jpeg, prepared.jpeg)
-    return _Prepared(
-        task.index, sha256, len(data), staged=True,
-        format=prepared.source_format, ext=prepared.extension,
-        width=prepared.source_width, height=prepared.source_height,
-        prepared_width=prepared.width, prepared_height=prepared.height,
-        prepared_byte_size=len(prepared.jpeg), quality=prepared.quality,
-    )
-
-
-def _init_worker(known: frozenset[str]) -> None:
-    global _worker_known
-    _worker_known = known
-
-
-def _pool_task(task: _Task, settings: _Settings) -> _Result:
-    return _prepare_task(task, settings, _worker_known)
-
-
-def _pool_context() -> Any:
-    # Never fork: the dashboard's server process runs threads (the engine's event loop),
-    # and a forked child can inherit a lock held by one of them.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-
-
-def _run_tasks(
-    tasks: Sequence[_Task], settings: _Settings, known: frozenset[str], workers: int,
-    in_flight: int, should_stop: Callable[[], bool],
-) -> Iterator[_Result]:
-    """Results in completion order; stops submitting once `should_stop()` says so."""
-    if workers <= 1 or len(tasks) <= 1:
-        try:
-            for task in tasks:
-                if should_stop():
-                    return
-                yield _prepare_task(task, settings, known)
-        finally:
-            close_archives()
-        return
-    pending: set[Future[_Result]] = set()
-    queue = iter(tasks)
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=_pool_context(),
-        initializer=_init_worker, initargs=(known,),
-    ) as pool:
-        try:
-            while True:
-                while len(pending) < workers * in_flight and not should_stop():
-                    task = next(queue, None)
-                    if task is None:
-                        break
-                    pending.add(pool.submit(_pool_task, task, settings))
-                if not pending:
-                    return
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
-        finally:
-            for future in pending:
-                future.cancel()
 
 
 # --- the staging folder and rollback of moved files -------------------------------------
@@ -342,19 +213,19 @@ def _known_images(database: Database) -> frozenset[str]:
 
 
 def _prepare_all(
-    jobs: Sequence[_Job], rows: Sequence[QuestionRow], settings: _Settings,
+    jobs: Sequence[_Job], rows: Sequence[QuestionRow], settings: WorkerSettings,
     known: frozenset[str], workers: int, limits: IngestLimits, file: str,
     problems: list[Problem], progress: Progress | None,
-) -> dict[int, _Prepared]:
-    prepared: dict[int, _Prepared] = {}
+) -> dict[int, PreparedResult]:
+    prepared: dict[int, PreparedResult] = {}
     total = len(jobs)
     read_bytes = 0
     cap = limits.sources.max_upload_bytes
     over_cap = False
     if progress is not None:
         progress(0, total)
-    tasks = [_Task(index, job.source) for index, job in enumerate(jobs)]
-    results = _run_tasks(
+    tasks = [PrepareTask(index, job.source) for index, job in enumerate(jobs)]
+    results = run_tasks(
         tasks, settings, known, workers, limits.tasks_in_flight_per_worker,
         should_stop=lambda: over_cap,
     )
@@ -370,7 +241,7 @@ def _prepare_all(
                 "(counted while reading and extracting); split the upload into several "
                 "datasets or raise the limit",
             ))
-        if isinstance(result, _Failed):
+        if isinstance(result, FailedResult):
             job = jobs[result.index]
             for position in job.rows:
                 problems.append(Problem(
@@ -381,6 +252,14 @@ def _prepare_all(
         if progress is not None:
             progress(done, total)
     return prepared
+
+
+def _worker_count(requested: int | None, jobs: int) -> int:
+    if requested is None:
+        if jobs < _POOL_MIN_IMAGES:
+            return 1
+        requested = os.cpu_count() or 1
+    return max(1, min(requested, jobs))
 
 
 def _image_ref_for_storage(ref: str, sha256: str) -> str:
@@ -398,7 +277,7 @@ def _chunks(values: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[s
 def _commit(
     database: Database, data: Path, staging: _Staging, name: str, source_name: str,
     default_type: QuestionType | None, rows: Sequence[QuestionRow], jobs: Sequence[_Job],
-    row_job: Sequence[int | None], prepared: dict[int, _Prepared],
+    row_job: Sequence[int | None], prepared: dict[int, PreparedResult],
 ) -> tuple[int, int, int]:
     """Move files into place and insert every row; returns (dataset id, stored, duplicates)."""
     first_for_sha: dict[str, int] = {}
@@ -412,7 +291,7 @@ def _commit(
 
     for sha256, index in first_for_sha.items():
         result = prepared[index]
-        staged_original, staged_jpeg = _staged_paths(staging.root, sha256, result.ext)
+        staged_original, staged_jpeg = staged_paths(staging.root, sha256, result.ext)
         original_rel, prepared_rel = image_paths_for(sha256, result.ext)
         staging.move_into_place(staged_original, stored_path(data, original_rel))
         staging.move_into_place(staged_jpeg, stored_path(data, prepared_rel))
@@ -425,7 +304,7 @@ def _commit(
         for chunk in _chunks(all_shas):
             image_ids.update(session.execute(
                 select(Image.sha256, Image.id).where(Image.sha256.in_(chunk))
-            ).tuples().all())
+            ).all())
         new_images: list[dict[str, Any]] = []
         for sha256, index in first_for_sha.items():
             if sha256 in image_ids:
@@ -450,7 +329,7 @@ def _commit(
         if new_images:
             image_ids.update(session.execute(
                 insert(Image).returning(Image.sha256, Image.id), new_images,
-            ).tuples().all())
+            ).all())
         dataset = Dataset(name=name, default_question_type=default_type, source_name=source_name)
         session.add(dataset)
         session.flush()
@@ -509,7 +388,8 @@ def ingest_dataset(
 
     `IngestError` lists every bad row and image; `InputError` is raised for a dataset name
     that is empty or already taken. `progress(done, total)` is called as images are
-    prepared, from the calling thread. `workers` defaults to every core; 1 means no pool.
+    prepared, from the calling thread. `workers` defaults to every core (no pool for a
+    handful of images); 1 means no pool.
     """
     started = time.perf_counter()
     data = Path(data) if data is not None else data_dir()
@@ -533,10 +413,9 @@ def ingest_dataset(
     committed = False
     try:
         jobs, row_job = _plan(rows, catalog, staging, limits, file, problems)
-        settings = _Settings(staging.root, limits.sources, limits.images)
-        count = workers if workers is not None else (os.cpu_count() or 1)
+        settings = WorkerSettings(staging.root, limits.sources, limits.images)
         prepared = _prepare_all(
-            jobs, rows, settings, _known_images(database), max(1, min(count, len(jobs))),
+            jobs, rows, settings, _known_images(database), _worker_count(workers, len(jobs)),
             limits, file, problems, progress,
         )
         if problems:
