@@ -47,7 +47,7 @@ from vqa_engine.errors import (
     ServerError,
     TruncatedError,
 )
-from vqa_engine.settings import Endpoint, mask_key
+from vqa_engine.settings import Endpoint
 
 SERVER_TEXT_SHOWN = 300  # characters of an endpoint's own error text quoted in a message
 
