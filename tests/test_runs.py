@@ -67,12 +67,6 @@ def host_factory(database: Database, data_dir: Path) -> Iterator[Callable[..., E
         host.stop(10)
 
 
-@pytest.fixture
-def simulator() -> Iterator[SimulatorServer]:
-    with SimulatorServer(SimulatorConfig(latency_ms=5, seed=7)) as server:
-        yield server
-
-
 def wait_for(database: Database, run_id: int, done: Callable[[RunProgress], bool],
              timeout: float = 20.0) -> RunProgress:
     deadline = time.monotonic() + timeout

@@ -70,7 +70,7 @@ class PipelineOptions:
     retries: int = 3
     temperature: float = 0.7
     dataset: str | None = None
-    poll_interval: float = 0.5
+    poll_interval: float = 0.25
     show_progress: bool | None = None  # None: only on a terminal
 
 
