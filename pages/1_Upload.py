@@ -24,6 +24,7 @@ _ROUND = "upload_round"
 _RESULT = "upload_result"
 _PROBLEMS = "upload_problems"
 _MB = 1024 * 1024
+POOL_FROM_BYTES = 32 * _MB  # smaller uploads are prepared in this process: no pool start-up
 
 page = bootstrap("Upload", icon=":material/upload:")
 st.title("Upload a dataset")
@@ -139,17 +140,18 @@ with st.container(border=True):
     if archives:
         st.caption("Archives: " + ", ".join(p.name for p in archives))
 
-type_labels = {None: "as given in the file (question_type column)"} | {
-    t: t.value for t in QuestionType
+type_labels = {"": "as given in the file (question_type column)"} | {
+    t.value: t.value for t in QuestionType
 }
 settings = st.columns(2)
-default_type = settings[1].selectbox(
+default_type_name = settings[1].selectbox(
     "Default question type",
     list(type_labels),
     format_func=lambda t: type_labels[t],
     key="upload_default_type",
     help="Used for rows whose question_type is empty.",
 )
+default_type = QuestionType(default_type_name) if default_type_name else None
 suggested = _unique_name(questions_path.stem) if questions_path else ""
 if questions_path is not None and st.session_state.get("upload_name_for") != questions_path.name:
     st.session_state["upload_name"] = suggested
@@ -217,6 +219,7 @@ if st.button("Import", type="primary", icon=":material/file_upload:", disabled=n
             default_question_type=default_type,
             data=page.data_dir,
             progress=_progress,
+            workers=1 if stage.total_bytes < POOL_FROM_BYTES else None,
         )
     except IngestError as exc:
         st.session_state[_PROBLEMS] = exc.problems

@@ -83,7 +83,7 @@ def _record_sample(progress: RunProgress) -> pd.DataFrame:
     samples: dict[int, list[dict[str, float]]] = st.session_state.setdefault(_SAMPLES, {})
     series = samples.setdefault(progress.run_id, [])
     started = progress.started_at or progress.created_at
-    now = datetime.now(timezone.utc)
+    now = progress.finished_at or datetime.now(timezone.utc)
     if started is not None and not series:
         series.append({"seconds": 0.0, "done": 0.0, "items/s": 0.0})
     elapsed = (now - started).total_seconds() if started else 0.0
@@ -130,8 +130,8 @@ def _progress_body(run_id: int) -> RunProgress | None:
         st.error(str(exc))
         return None
     status = progress.status
-    title = f"Run {run_id} · {status.value} · {progress.model} at {progress.base_url}"
-    st.subheader(title)
+    st.subheader(f"Run {run_id} · {status.value}")
+    st.text(f"{progress.model} at {progress.base_url}")
     st.progress(
         progress.fraction,
         text=(
@@ -277,7 +277,11 @@ with st.expander("Launch a run", expanded=open_run is None, icon=":material/rock
         right.warning("SIMULATED endpoint: answers are made up by the local simulator.",
                       icon=":material/science:")
     model = right.text_input("Model", value=base_endpoint.model, key=f"run_model_{choice}")
-    right.caption(f"Key: {base_endpoint.masked_key} (from {base_endpoint.key_source})")
+    if base_endpoint.has_key:
+        right.caption(f"Key {base_endpoint.masked_key}, from {base_endpoint.key_source}.")
+    else:
+        right.caption("No API key (fine for a local vLLM / Ollama; set one in a profile or "
+                      "VQA_API_KEY for hosted endpoints).")
 
     params = st.columns(4)
     concurrency = params[0].number_input("Concurrency", 1, 1024, 8, key="run_concurrency",

@@ -91,10 +91,11 @@ st.session_state.setdefault("review_view", CARD)
 with database.read() as session:
     flags = flag_names(session, dataset_id)
 run_ids = [run.id for run in list_runs(database, dataset_id, limit=50)]
-if st.session_state.get("review_run") not in (None, *run_ids):
-    st.session_state["review_run"] = None
+ANY = 0  # "any run"; None would read as "nothing selected" to the widget
+if st.session_state.get("review_run") not in (ANY, *run_ids):
+    st.session_state["review_run"] = ANY
 
-columns = st.columns([3, 2, 1, 1, 2, 1])
+columns = st.columns([3, 2, 1, 1, 2, 2])
 statuses = columns[0].multiselect(
     "Status", list(ItemStatus), format_func=lambda s: STATUS_LABELS[s], key="review_status",
     placeholder="any status",
@@ -103,14 +104,13 @@ types = columns[1].multiselect(
     "Type", list(QuestionType), format_func=lambda t: t.value.replace("_", " "),
     key="review_types", placeholder="any type",
 )
-run_id = columns[2].selectbox(
-    "Run", [None, *run_ids], format_func=lambda r: "any" if r is None else f"run {r}",
+run_choice = columns[2].selectbox(
+    "Run", [ANY, *run_ids], format_func=lambda r: "any" if r == ANY else f"run {r}",
     key="review_run",
 )
-flag_choices: list[str | None] = [None, ANY_FLAG, *flags]
-flag = columns[3].selectbox(
-    "Flag", flag_choices,
-    format_func=lambda f: "any" if f is None else ("flagged" if f == ANY_FLAG else f),
+flag_choice = columns[3].selectbox(
+    "Flag", ["", ANY_FLAG, *flags],
+    format_func=lambda f: "any" if not f else ("flagged" if f == ANY_FLAG else f),
     key="review_flag",
 )
 text = columns[4].text_input("Search", key="review_text", placeholder="question, answer or id")
@@ -120,8 +120,8 @@ item_filter = ItemFilter(
     dataset_id=dataset_id,
     statuses=tuple(statuses),
     question_types=tuple(types),
-    run_id=run_id,
-    flag=flag,
+    run_id=run_choice or None,
+    flag=flag_choice or None,
     text=text,
 )
 
@@ -167,11 +167,11 @@ def table_view() -> None:
         ]
     )
     table_key = f"review_table_{number}"
+    ids = [row.id for row in rows]
     st.dataframe(
         frame,
         hide_index=True,
-        on_select=_open_from_table,
-        args=(table_key, [row.id for row in rows]),
+        on_select=lambda: _open_from_table(table_key, ids),
         selection_mode="single-row",
         key=table_key,
         column_config={"question": st.column_config.TextColumn(width="large")},
@@ -350,7 +350,7 @@ def card_view() -> None:
 
     regeneratable = item.status in review.REGENERATABLE
     with st.container(border=True):
-        cols = st.columns([4, 2, 1], vertical_alignment="bottom")
+        cols = st.columns([5, 3, 2], vertical_alignment="bottom")
         cols[0].text_input(
             "Reason for regenerating (optional, passed to the model)",
             key=f"review_reason_{item.id}", max_chars=500,

@@ -69,10 +69,12 @@ with profiles_tab:
         st.caption("No profile yet.")
 
     names = {p.id: p.name for p in profiles}
-    editing = st.selectbox(
-        "Edit", [None, *names], format_func=lambda i: "New profile" if i is None else names[i],
+    new = 0  # None would read as "nothing selected" to the widget
+    picked_id = st.selectbox(
+        "Edit", [new, *names], format_func=lambda i: "New profile" if i == new else names[i],
         key="settings_profile_pick",
     )
+    editing = picked_id or None
     current = next((p for p in profiles if p.id == editing), None)
     suffix = str(editing or "new")
     with st.form(f"profile_form_{suffix}"):

@@ -25,6 +25,14 @@ if TYPE_CHECKING:
     from vqa_engine.host import EngineHost
 
 APP_NAME = "VQA Curator"
+PAGES = (
+    ("app.py", "Home", ":material/home:"),
+    ("pages/1_Upload.py", "Upload", ":material/upload:"),
+    ("pages/2_Runs.py", "Runs", ":material/play_arrow:"),
+    ("pages/3_Review.py", "Review", ":material/rate_review:"),
+    ("pages/4_Export.py", "Export", ":material/download:"),
+    ("pages/5_Settings.py", "Settings", ":material/settings:"),
+)
 
 
 @dataclass(frozen=True)
@@ -77,9 +85,17 @@ def bootstrap(
         datasets = dataset_overview(session)
     preferred = prefer_dataset(database) if prefer_dataset else None
 
-    st.sidebar.markdown(f"**{APP_NAME}**")
+    # Our own navigation (config: client.showSidebarNavigation = false), so the home page
+    # is called "Home" rather than after its file name.
+    st.sidebar.markdown(f"### {APP_NAME}")
+    navigation = st.sidebar.container()
+    st.sidebar.divider()
     dataset_id = sidebar.dataset_picker(datasets, preferred)
     curator = sidebar.curator_field(_logged_in_name())
+    # Links carry the durable choices, so the next page's URL has them too.
+    carried = {name: st.query_params[name] for name in sidebar.DURABLE_PARAMS if name in st.query_params}
+    for path, label, page_icon in PAGES:
+        navigation.page_link(path, label=label, icon=page_icon, query_params=carried)
     if host is None:
         st.sidebar.caption("Runs are processed by a separate worker (`python -m vqa_engine worker`).")
     simulator = demo_simulator()

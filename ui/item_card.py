@@ -70,13 +70,13 @@ def _options(generation: Generation) -> None:
     options = dict(generation.options or {})
     correct = generation.correct_letter
     for letter, text in options.items():
-        is_correct = letter == correct
+        if letter == correct:
+            st.success(f"**{letter}** · {escape_markdown(str(text))}", icon=":material/check_circle:")
+            continue
         with st.container(border=True, horizontal=True, vertical_alignment="center", gap="small"):
-            st.badge(letter, color="green" if is_correct else "gray",
-                     icon=":material/check:" if is_correct else None)
+            st.badge(letter, color="gray")
             st.text(str(text), width="stretch")
-            st.badge("correct" if is_correct else "distractor",
-                     color="green" if is_correct else "gray")
+            st.badge("distractor", color="gray")
 
 
 def _flags(generation: Generation) -> None:
@@ -93,9 +93,9 @@ def _flags(generation: Generation) -> None:
 
 
 def _generation_meta(generation: Generation) -> str:
-    parts = [f"generation {generation.id}", generation.source.value]
+    parts = [f"generation {generation.id} ({generation.source.value})"]
     if generation.model:
-        parts.append(f"model {generation.model}")
+        parts.append(generation.model)
     if generation.prompt_version:
         parts.append(f"prompts {generation.prompt_version}")
     if generation.latency_ms is not None:
@@ -121,7 +121,7 @@ def render_content(detail: ItemDetail) -> None:
                     icon=":material/hourglass_empty:")
         return
     if item.question_type is QuestionType.MULTIPLE_CHOICE and generation.options:
-        st.caption("Options (the correct one is highlighted)")
+        st.caption("Options (correct one in green)")
         _options(generation)
     else:
         st.caption("Answer")

@@ -16,6 +16,7 @@ from db.queries import DatasetOverview
 
 DATASET_PARAM = "dataset"
 CURATOR_PARAM = "curator"
+DURABLE_PARAMS = (DATASET_PARAM, CURATOR_PARAM)
 _DATASET = "dataset_id"
 _CURATOR = "curator"
 _DATASET_WIDGET = "_sidebar_dataset"
