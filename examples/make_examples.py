@@ -78,7 +78,8 @@ def sign() -> Image.Image:
     image = Image.new("RGB", SIZE, (250, 230, 60))
     draw = ImageDraw.Draw(image)
     draw.rectangle((20, 20, SIZE[0] - 20, SIZE[1] - 20), outline=(20, 20, 20), width=8)
-    draw.text((SIZE[0] // 2, SIZE[1] // 2), "OPEN", fill=(20, 90, 200), font=_font(110), anchor="mm")
+    centre = (SIZE[0] // 2, SIZE[1] // 2)
+    draw.text(centre, "OPEN", fill=(20, 90, 200), font=_font(110), anchor="mm")
     return image
 
 

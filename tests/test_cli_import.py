@@ -22,14 +22,26 @@ Snapshot = Callable[[], dict[str, object]]
 
 
 def test_import_prints_a_summary_and_exits_0(
-    database: Database, capsys: pytest.CaptureFixture[str],
+    database: Database,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = main(["import", str(DEMO / "questions.csv"), "--images", str(DEMO / "images.zip"),
-                 "--dataset", "demo", "--workers", "1"])
+    code = main(
+        [
+            "import",
+            str(DEMO / "questions.csv"),
+            "--images",
+            str(DEMO / "images.zip"),
+            "--dataset",
+            "demo",
+            "--workers",
+            "1",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert out.startswith("imported dataset 'demo' (id 1): 12 items, 10 images stored, "
-                          "0 duplicates skipped, ")
+    assert out.startswith(
+        "imported dataset 'demo' (id 1): 12 items, 10 images stored, 0 duplicates skipped, "
+    )
     assert out.rstrip().endswith(" s")
     with database.read() as session:
         assert session.scalars(select(Dataset.name)).all() == ["demo"]
@@ -45,28 +57,56 @@ def test_reimport_counts_duplicates(database: Database, capsys: pytest.CaptureFi
 
 
 def test_question_type_option_sets_the_default(
-    tmp_path: Path, database: Database, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    database: Database,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     questions = tmp_path / "q.csv"
     questions.write_text("question,image\nWhat colour is it?,shapes.png\n", encoding="utf-8")
-    code = main(["import", str(questions), "--images", str(DEMO / "images"), "--dataset", "d",
-                 "--question-type", "fill_in_blank", "--workers", "1"])
+    code = main(
+        [
+            "import",
+            str(questions),
+            "--images",
+            str(DEMO / "images"),
+            "--dataset",
+            "d",
+            "--question-type",
+            "fill_in_blank",
+            "--workers",
+            "1",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     with database.read() as session:
         assert session.scalars(select(Item.question_type)).all() == [QuestionType.FILL_IN_BLANK]
 
 
 def test_every_problem_goes_to_stderr_uncapped_and_nothing_is_stored(
-    tmp_path: Path, database: Database, storage_snapshot: Snapshot,
+    tmp_path: Path,
+    database: Database,
+    storage_snapshot: Snapshot,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    rows = [{"id": str(i), "question": "", "question_type": "fill_in_blank", "image": "shapes.png"}
-            for i in range(30)]
+    rows = [
+        {"id": str(i), "question": "", "question_type": "fill_in_blank", "image": "shapes.png"}
+        for i in range(30)
+    ]
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     before = storage_snapshot()
-    code = main(["import", str(questions), "--images", str(DEMO / "images"), "--dataset", "bad",
-                 "--workers", "1"])
+    code = main(
+        [
+            "import",
+            str(questions),
+            "--images",
+            str(DEMO / "images"),
+            "--dataset",
+            "bad",
+            "--workers",
+            "1",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1
     assert out == ""
@@ -79,10 +119,19 @@ def test_every_problem_goes_to_stderr_uncapped_and_nothing_is_stored(
 
 
 def test_taken_dataset_name_exits_1_with_the_fix(
-    database: Database, capsys: pytest.CaptureFixture[str],
+    database: Database,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    args = ["import", str(DEMO / "questions.json"), "--images", str(DEMO / "images"),
-            "--dataset", "demo", "--workers", "1"]
+    args = [
+        "import",
+        str(DEMO / "questions.json"),
+        "--images",
+        str(DEMO / "images"),
+        "--dataset",
+        "demo",
+        "--workers",
+        "1",
+    ]
     assert main(args) == 0
     assert main(args) == 1
     assert "a dataset named 'demo' already exists; choose another name" in capsys.readouterr().err
@@ -96,17 +145,30 @@ def test_missing_images_option_is_a_usage_error(capsys: pytest.CaptureFixture[st
 
 
 def test_real_command_uses_the_environment_and_the_process_pool(
-    tmp_path: Path, data_dir: Path,
+    tmp_path: Path,
+    data_dir: Path,
 ) -> None:
     env = {**os.environ, "VQA_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
     env.pop("VQA_DATABASE_URL", None)
     done = subprocess.run(
-        [sys.executable, "-m", "vqa_engine", "import", str(DEMO / "questions.json"),
-         "--images", str(DEMO / "images.zip"), "--dataset", "demo"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "vqa_engine",
+            "import",
+            str(DEMO / "questions.json"),
+            "--images",
+            str(DEMO / "images.zip"),
+            "--dataset",
+            "demo",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "12 items, 10 images stored, 0 duplicates skipped" in done.stdout
     assert (data_dir / "vqa.db").exists()
     assert len(list((data_dir / "images" / "prepared").rglob("*.jpg"))) == 10
-

@@ -54,7 +54,9 @@ def _close_archives() -> Iterator[None]:
     close_archives()
 
 
-def test_folder_is_catalogued_recursively_and_matched_by_name_and_relative_path(tmp_path: Path) -> None:
+def test_folder_is_catalogued_recursively_and_matched_by_name_and_relative_path(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "upload"
     write(root / "cats" / "tom.png", png())
     write(root / "dogs" / "rex.png", png())
@@ -85,8 +87,11 @@ def test_a_name_matching_several_files_is_refused_not_guessed(tmp_path: Path) ->
 def test_missing_image_names_the_reference_and_suggests_a_close_name(tmp_path: Path) -> None:
     write(tmp_path / "imgs" / "apple.png", png())
     catalog = collect_images([tmp_path / "imgs"])
-    with pytest.raises(InputError, match=r"image 'aple.png' not found among the 1 uploaded images; "
-                                         r"did you mean 'apple.png'\?"):
+    with pytest.raises(
+        InputError,
+        match=r"image 'aple.png' not found among the 1 uploaded images; "
+        r"did you mean 'apple.png'\?",
+    ):
         catalog.resolve("aple.png")
 
 
@@ -103,9 +108,14 @@ def test_single_files_are_matched_by_their_name(tmp_path: Path) -> None:
 
 
 def test_hidden_files_and_macos_archive_debris_are_ignored(tmp_path: Path) -> None:
-    archive = make_zip(tmp_path / "a.zip", {
-        "imgs/a.png": png(), "__MACOSX/imgs/._a.png": b"junk", "imgs/.DS_Store": b"junk",
-    })
+    archive = make_zip(
+        tmp_path / "a.zip",
+        {
+            "imgs/a.png": png(),
+            "__MACOSX/imgs/._a.png": b"junk",
+            "imgs/.DS_Store": b"junk",
+        },
+    )
     write(tmp_path / "folder" / ".hidden.png", png())
     write(tmp_path / "folder" / "._b.png", b"junk")
     catalog = collect_images([archive, tmp_path / "folder"])
@@ -114,7 +124,9 @@ def test_hidden_files_and_macos_archive_debris_are_ignored(tmp_path: Path) -> No
 
 def test_zip_entries_are_matched_and_read(tmp_path: Path) -> None:
     data = png()
-    archive = make_zip(tmp_path / "up.zip", {"images/a.png": data, "images/sub/b.png": png((1, 2, 3))})
+    archive = make_zip(
+        tmp_path / "up.zip", {"images/a.png": data, "images/sub/b.png": png((1, 2, 3))}
+    )
     catalog = collect_images([archive])
     source = catalog.resolve("a.png")
     assert source.member == "images/a.png"
@@ -133,7 +145,9 @@ def test_zip_entries_are_matched_and_read(tmp_path: Path) -> None:
         ("..\\evil.png", r"its path leaves the archive"),
     ],
 )
-def test_zip_entries_escaping_the_archive_are_refused(tmp_path: Path, entry: str, reason: str) -> None:
+def test_zip_entries_escaping_the_archive_are_refused(
+    tmp_path: Path, entry: str, reason: str
+) -> None:
     archive = make_zip(tmp_path / "bad.zip", {"ok.png": png(), entry: png()})
     catalog = collect_images([archive])
     assert len(catalog.problems) == 1
@@ -154,16 +168,21 @@ def test_zip_bomb_is_stopped_while_extracting_not_trusted_from_headers(tmp_path:
     archive = make_zip(tmp_path / "bomb.zip", {"bomb.png": b"\0" * (3 * 1024 * 1024)})
     assert archive.stat().st_size < 20_000
     source = collect_images([archive]).resolve("bomb.png")
-    with pytest.raises(InputError, match=r"bomb.zip:bomb.png is larger than the 1 MB per-image "
-                                         r"limit, counted while reading \(the archive claims "
-                                         r"3,145,728 bytes\); a possible zip bomb"):
+    with pytest.raises(
+        InputError,
+        match=r"bomb.zip:bomb.png is larger than the 1 MB per-image "
+        r"limit, counted while reading \(the archive claims "
+        r"3,145,728 bytes\); a possible zip bomb",
+    ):
         read_source(source, SourceLimits(max_file_bytes=1024 * 1024))
 
 
 def test_oversized_plain_file_is_refused(tmp_path: Path) -> None:
     big = write(tmp_path / "big.png", os.urandom(2 * 1024 * 1024 + 10))
     with pytest.raises(InputError, match=r"big.png is larger than the 2 MB per-image limit"):
-        read_source(collect_images([big]).resolve("big.png"), SourceLimits(max_file_bytes=2 * 1024 * 1024))
+        read_source(
+            collect_images([big]).resolve("big.png"), SourceLimits(max_file_bytes=2 * 1024 * 1024)
+        )
 
 
 def test_damaged_zip_entry_is_reported_as_damaged(tmp_path: Path) -> None:

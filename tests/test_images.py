@@ -41,14 +41,16 @@ def noise(width: int, height: int) -> Image.Image:
     return Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
 
 
-def halves(width: int, height: int, left: tuple[int, int, int], right: tuple[int, int, int]) -> Image.Image:
+def halves(
+    width: int, height: int, left: tuple[int, int, int], right: tuple[int, int, int]
+) -> Image.Image:
     image = Image.new("RGB", (width, height), left)
     image.paste(right, (width // 2, 0, width, height))
     return image
 
 
 def close_to(pixel: tuple[int, ...], expected: tuple[int, int, int], tolerance: int = 40) -> bool:
-    return all(abs(a - b) <= tolerance for a, b in zip(pixel, expected))
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, expected, strict=False))
 
 
 def with_orientation(image: Image.Image, orientation: int, **options: object) -> bytes:
@@ -73,7 +75,8 @@ def test_small_png_becomes_rgb_jpeg_of_same_size_at_starting_quality() -> None:
     [((3000, 1000), (2048, 683)), ((1000, 4000), (512, 2048)), ((2048, 1500), (2048, 1500))],
 )
 def test_longest_side_is_bounded_to_2048_keeping_the_aspect_ratio(
-    size: tuple[int, int], expected: tuple[int, int],
+    size: tuple[int, int],
+    expected: tuple[int, int],
 ) -> None:
     prepared = prepare_image(encode(Image.new("RGB", size, BLUE), "PNG"))
     assert (prepared.width, prepared.height) == expected
@@ -229,8 +232,10 @@ def test_text_behind_a_gif_signature_reads_as_a_huge_claim_and_is_refused() -> N
 
 def test_format_outside_a_narrowed_allow_list_is_refused() -> None:
     with pytest.raises(InputError, match=r"its content is BMP; allowed formats are JPEG, PNG"):
-        prepare_image(encode(Image.new("RGB", (8, 8)), "BMP"),
-                      ImageLimits(allowed_formats=frozenset({"JPEG", "PNG"})))
+        prepare_image(
+            encode(Image.new("RGB", (8, 8)), "BMP"),
+            ImageLimits(allowed_formats=frozenset({"JPEG", "PNG"})),
+        )
 
 
 def test_empty_bytes_are_refused() -> None:
@@ -256,16 +261,26 @@ def png_header_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims huge dimensions: a decompression bomb's calling card."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(
-            ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) \
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
         + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_is_refused_before_decoding() -> None:
-    with pytest.raises(InputError, match=r"10,000,000,000 pixels is above the limit.*decompression bomb"):
+    with pytest.raises(
+        InputError, match=r"10,000,000,000 pixels is above the limit.*decompression bomb"
+    ):
         prepare_image(png_header_claiming(100_000, 100_000))
 
 
@@ -279,14 +294,17 @@ def test_pixel_cap_is_configurable() -> None:
 def test_image_paths_are_content_addressed_and_sharded() -> None:
     sha = "ab" + "0" * 62
     assert image_paths_for(sha, "PNG") == (
-        f"images/original/ab/{sha}.png", f"images/prepared/ab/{sha}.jpg",
+        f"images/original/ab/{sha}.png",
+        f"images/prepared/ab/{sha}.jpg",
     )
     with pytest.raises(ValueError):
         image_paths_for("not-a-hash", "png")
 
 
 def test_stored_path_stays_inside_the_data_dir(tmp_path: Path) -> None:
-    assert stored_path(tmp_path, "images/original/ab/x.png") == tmp_path / "images/original/ab/x.png"
+    assert (
+        stored_path(tmp_path, "images/original/ab/x.png") == tmp_path / "images/original/ab/x.png"
+    )
     for bad in ("../outside.png", "/etc/passwd", "images/../../x", ""):
         with pytest.raises(InputError, match="not a relative path inside the data dir"):
             stored_path(tmp_path, bad)

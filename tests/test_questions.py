@@ -39,8 +39,11 @@ def jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
 
 
 def row(**fields: object) -> dict[str, object]:
-    base: dict[str, object] = {"question": "What is it?", "question_type": "fill_in_blank",
-                               "image": "a.png"}
+    base: dict[str, object] = {
+        "question": "What is it?",
+        "question_type": "fill_in_blank",
+        "image": "a.png",
+    }
     base.update(fields)
     return {k: v for k, v in base.items() if v is not _DROP}
 
@@ -53,8 +56,10 @@ _DROP = object()
 
 def test_demo_json_jsonl_and_csv_read_to_the_same_questions() -> None:
     def essence(path: Path) -> list[tuple[object, ...]]:
-        return [(r.external_id, r.question, r.question_type, r.image_ref, r.extra)
-                for r in read_questions(path)]
+        return [
+            (r.external_id, r.question, r.question_type, r.image_ref, r.extra)
+            for r in read_questions(path)
+        ]
 
     from_json = essence(DEMO / "questions.json")
     assert len(from_json) == 12
@@ -85,7 +90,9 @@ def test_csv_with_a_byte_order_mark_reads_like_without(tmp_path: Path) -> None:
 
 
 def test_csv_header_names_are_matched_case_and_space_insensitively(tmp_path: Path) -> None:
-    path = write(tmp_path / "q.csv", " Question ,IMAGE,Question_Type,Notes\nHi?,a.png,multiple_choice,x\n")
+    path = write(
+        tmp_path / "q.csv", " Question ,IMAGE,Question_Type,Notes\nHi?,a.png,multiple_choice,x\n"
+    )
     [only] = read_questions(path)
     assert only.question == "Hi?" and only.image_ref == "a.png" and only.extra == {"Notes": "x"}
 
@@ -107,13 +114,17 @@ def test_nested_extra_fields_numbers_and_nulls_are_kept_verbatim(tmp_path: Path)
 
 
 def test_question_type_spelling_is_forgiven(tmp_path: Path) -> None:
-    path = jsonl(tmp_path / "q.jsonl", [row(question_type="Multiple-Choice"),
-                                         row(question_type="fill in blank")])
+    path = jsonl(
+        tmp_path / "q.jsonl",
+        [row(question_type="Multiple-Choice"), row(question_type="fill in blank")],
+    )
     assert [r.question_type for r in read_questions(path)] == [MC, FIB]
 
 
 def test_default_question_type_fills_rows_without_one_but_never_overrides(tmp_path: Path) -> None:
-    path = jsonl(tmp_path / "q.jsonl", [row(question_type=_DROP), row(question_type="fill_in_blank")])
+    path = jsonl(
+        tmp_path / "q.jsonl", [row(question_type=_DROP), row(question_type="fill_in_blank")]
+    )
     rows = read_questions(path, default_question_type="multiple_choice")
     assert [r.question_type for r in rows] == [MC, FIB]
 
@@ -161,12 +172,21 @@ def test_malformed_json_names_line_and_column(tmp_path: Path) -> None:
 
 def test_top_level_json_object_is_refused_with_the_fix(tmp_path: Path) -> None:
     path = write(tmp_path / "q.json", json.dumps({"questions": [row()]}, indent=1))
-    assert "expected a JSON array of question objects, found an object with keys questions" in \
-        one_problem(path).reason
+    assert (
+        "expected a JSON array of question objects, found an object with keys questions"
+        in one_problem(path).reason
+    )
 
 
-def test_malformed_jsonl_line_is_reported_by_line_number_and_other_rows_still_checked(tmp_path: Path) -> None:
-    lines = [json.dumps(row(id="a")), "", '{"question": "b", "image": "b.png"', json.dumps(row(id="a"))]
+def test_malformed_jsonl_line_is_reported_by_line_number_and_other_rows_still_checked(
+    tmp_path: Path,
+) -> None:
+    lines = [
+        json.dumps(row(id="a")),
+        "",
+        '{"question": "b", "image": "b.png"',
+        json.dumps(row(id="a")),
+    ]
     problems = problems_of(write(tmp_path / "q.jsonl", "\n".join(lines) + "\n"))
     assert [(p.row, p.field) for p in problems] == [(3, None), (4, "id")]
     assert problems[0].reason.startswith("malformed JSON on this line")
@@ -176,8 +196,10 @@ def test_malformed_jsonl_line_is_reported_by_line_number_and_other_rows_still_ch
 def test_csv_missing_required_columns_lists_them_and_the_columns_found(tmp_path: Path) -> None:
     problem = one_problem(write(tmp_path / "q.csv", "id,text,question_type\n1,hi,fill_in_blank\n"))
     assert problem.row == 1
-    assert "missing required columns 'question', 'image'; found columns: 'id', 'text', " \
-           "'question_type'" in problem.reason
+    assert (
+        "missing required columns 'question', 'image'; found columns: 'id', 'text', "
+        "'question_type'" in problem.reason
+    )
 
 
 def test_csv_missing_only_the_type_column_suggests_a_default(tmp_path: Path) -> None:
@@ -189,8 +211,10 @@ def test_csv_missing_only_the_type_column_suggests_a_default(tmp_path: Path) -> 
 def test_csv_row_with_the_wrong_number_of_fields_is_named(tmp_path: Path) -> None:
     path = write(tmp_path / "q.csv", "question,question_type,image\nA, b?,fill_in_blank,a.png\n")
     problem = one_problem(path)
-    assert (problem.row, problem.reason) == (2, "has 4 fields but the header has 3; quote fields "
-                                                "that contain commas")
+    assert (problem.row, problem.reason) == (
+        2,
+        "has 4 fields but the header has 3; quote fields that contain commas",
+    )
 
 
 @pytest.mark.parametrize(
@@ -201,15 +225,21 @@ def test_csv_row_with_the_wrong_number_of_fields_is_named(tmp_path: Path) -> Non
         ({"question": ["a"]}, "question", "must be text, found list"),
         ({"image": _DROP}, "image", "missing; every row needs an image"),
         ({"image": ""}, "image", "empty; every row needs an image"),
-        ({"question_type": "true_false"}, "question_type",
-         "unknown question_type 'true_false'; use one of: multiple_choice, fill_in_blank"),
+        (
+            {"question_type": "true_false"},
+            "question_type",
+            "unknown question_type 'true_false'; use one of: multiple_choice, fill_in_blank",
+        ),
         ({"question_type": _DROP}, "question_type", "missing; use one of: multiple_choice"),
         ({"question_type": 3}, "question_type", "must be text"),
         ({"id": 1.5}, "id", "must be text or a whole number, found float"),
     ],
 )
 def test_bad_field_is_named_with_its_row_and_reason(
-    tmp_path: Path, fields: dict[str, object], field: str, reason: str,
+    tmp_path: Path,
+    fields: dict[str, object],
+    field: str,
+    reason: str,
 ) -> None:
     path = jsonl(tmp_path / "q.jsonl", [row(id="ok"), row(**{"id": "bad", **fields})])
     problem = one_problem(path)
@@ -218,7 +248,9 @@ def test_bad_field_is_named_with_its_row_and_reason(
 
 
 def test_csv_empty_cells_are_reported_per_row(tmp_path: Path) -> None:
-    path = write(tmp_path / "q.csv", "question,question_type,image\n,fill_in_blank,a.png\nok?,,b.png\n")
+    path = write(
+        tmp_path / "q.csv", "question,question_type,image\n,fill_in_blank,a.png\nok?,,b.png\n"
+    )
     problems = problems_of(path)
     assert [(p.row, p.field) for p in problems] == [(2, "question"), (3, "question_type")]
 
@@ -236,8 +268,11 @@ def test_json_array_element_that_is_not_an_object_is_named(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_infinity_are_refused(tmp_path: Path, constant: str) -> None:
-    path = write(tmp_path / "q.jsonl", '{"question": "a", "image": "a.png", "question_type": '
-                                       f'"fill_in_blank", "score": {constant}}}\n')
+    path = write(
+        tmp_path / "q.jsonl",
+        '{"question": "a", "image": "a.png", "question_type": '
+        f'"fill_in_blank", "score": {constant}}}\n',
+    )
     problem = one_problem(path)
     assert problem.row == 1 and f"{constant} is not valid JSON" in problem.reason
 
@@ -273,7 +308,7 @@ def test_overlong_fields_are_refused_by_name(tmp_path: Path) -> None:
 def test_oversized_file_is_refused_before_reading(tmp_path: Path) -> None:
     path = jsonl(tmp_path / "q.jsonl", [row(id=str(i)) for i in range(100)])
     problem = one_problem(path, limits=QuestionLimits(max_file_bytes=1024))
-    assert problem.row is None and "above the limit of 0 MB; split it" in problem.reason
+    assert problem.row is None and "above the limit of 1 KB; split it" in problem.reason
 
 
 def test_too_many_rows_is_refused(tmp_path: Path) -> None:
@@ -282,7 +317,9 @@ def test_too_many_rows_is_refused(tmp_path: Path) -> None:
 
 
 def test_non_utf8_file_is_refused_with_the_line(tmp_path: Path) -> None:
-    path = write(tmp_path / "q.csv", b"question,question_type,image\nabc,fill_in_blank,a.png\n\xff\xfe,x,y\n")
+    path = write(
+        tmp_path / "q.csv", b"question,question_type,image\nabc,fill_in_blank,a.png\n\xff\xfe,x,y\n"
+    )
     problem = one_problem(path)
     assert problem.reason == "not UTF-8 text (byte 0xff near line 3); save the file as UTF-8"
 

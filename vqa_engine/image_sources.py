@@ -195,7 +195,9 @@ def _catalog_folder(root: Path, catalog: ImageCatalog) -> None:
             catalog.add(ImageSource(path=full, relative=relative))
 
 
-def collect_images(paths: Iterable[Path | str], limits: SourceLimits = SourceLimits()) -> ImageCatalog:
+def collect_images(
+    paths: Iterable[Path | str], limits: SourceLimits = SourceLimits(),
+) -> ImageCatalog:
     """Catalogue image files, folders (recursively) and zip archives; nothing is read yet."""
     catalog = ImageCatalog()
     for given in paths:
@@ -238,10 +240,20 @@ def close_archives() -> None:
         _open_archives.popitem()[1].close()
 
 
+def format_size(byte_count: int) -> str:
+    """Bytes for a message: '512 KB', '50 MB', '4.0 GB'."""
+    if byte_count >= 1024 * _MB:
+        return f"{byte_count / (1024 * _MB):.1f} GB"
+    if byte_count >= _MB:
+        digits = 0 if byte_count % _MB == 0 else 1
+        return f"{byte_count / _MB:.{digits}f} MB"
+    return f"{byte_count / 1024:.0f} KB"
+
+
 def _too_big(label: str, limit: int, claimed: int | None = None) -> InputError:
     claim = f" (the archive claims {claimed:,} bytes)" if claimed is not None else ""
     return InputError(
-        f"{label} is larger than the {limit / _MB:.0f} MB per-image limit, counted while "
+        f"{label} is larger than the {format_size(limit)} per-image limit, counted while "
         f"reading{claim}; a possible zip bomb or an oversized file: shrink it or raise the limit"
     )
 
@@ -291,14 +303,16 @@ def decode_data_url(ref: str, limits: SourceLimits = SourceLimits()) -> bytes:
     text = ref.strip()
     header, comma, payload = text.partition(",")
     if not comma:
-        raise InputError("the data: URL has no ',' before its data; expected data:image/png;base64,...")
+        raise InputError(
+            "the data: URL has no ',' before its data; expected data:image/png;base64,..."
+        )
     is_base64 = header.lower().endswith(";base64")
     cap = limits.max_file_bytes
     estimated = len(payload) * 3 // 4 if is_base64 else len(payload) // 3
     if estimated > cap:
         raise InputError(
-            f"the data: URL holds about {estimated / _MB:.1f} MB, above the "
-            f"{cap / _MB:.0f} MB per-image limit; upload the image as a file instead"
+            f"the data: URL holds about {format_size(estimated)}, above the "
+            f"{format_size(cap)} per-image limit; upload the image as a file instead"
         )
     if is_base64:
         compact = "".join(payload.split())
@@ -311,7 +325,7 @@ def decode_data_url(ref: str, limits: SourceLimits = SourceLimits()) -> bytes:
         data = urllib.parse.unquote_to_bytes(payload)
     if len(data) > cap:
         raise InputError(
-            f"the data: URL holds {len(data) / _MB:.1f} MB, above the {cap / _MB:.0f} MB "
+            f"the data: URL holds {format_size(len(data))}, above the {format_size(cap)} "
             "per-image limit; upload the image as a file instead"
         )
     if not data:

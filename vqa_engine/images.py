@@ -24,7 +24,9 @@ from vqa_engine.errors import InputError
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 
-EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+EXTENSIONS = {
+    "JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif",
+}
 
 ORIGINAL_DIR = "images/original"
 PREPARED_DIR = "images/prepared"
@@ -183,9 +185,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         low, high = image.getextrema()  # type: ignore[misc]
         span = (high - low) or 1
         image = image.point(lambda v: (v - low) * 255 / span).convert("L")
-    elif image.mode == "LA" or image.mode == "La" or image.mode == "PA":
-        image = image.convert("RGBA")
-    elif image.mode == "L" and "transparency" in image.info:
+    elif image.mode in ("LA", "La", "PA") or (image.mode == "L" and "transparency" in image.info):
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "RGBa"):
         background = Image.new("RGB", image.size, (255, 255, 255))

@@ -18,6 +18,7 @@ twice in one upload under different names, is stored once and counted as a dupli
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 
 from db.engine import Database, data_dir
 from db.models import Dataset, Image, Item, QuestionType
@@ -39,6 +41,7 @@ from vqa_engine.image_sources import (
     SourceLimits,
     collect_images,
     decode_data_url,
+    format_size,
     is_data_url,
 )
 from vqa_engine.images import ImageLimits, image_paths_for, stored_path
@@ -64,7 +67,6 @@ STAGING_DIR = ".staging"
 _IMAGE_REF_MAX = 1000  # the items.image_ref column
 _IN_CHUNK = 500
 _POOL_MIN_IMAGES = 8  # below this, starting processes costs more than it saves
-_MB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -140,10 +142,8 @@ class _Staging:
 
     @staticmethod
     def _remove_empty(directory: Path) -> None:
-        try:
+        with contextlib.suppress(OSError):  # not empty: someone else's files are inside
             directory.rmdir()
-        except OSError:
-            pass
 
 
 # --- the ingest itself -------------------------------------------------------------------
@@ -155,6 +155,21 @@ class _Job:
 
     source: ImageSource
     rows: list[int] = field(default_factory=list)  # indexes into the question rows
+
+
+@dataclass
+class _Plan:
+    """The valid rows, the distinct images they use, and what preparing those gave."""
+
+    rows: Sequence[QuestionRow]
+    jobs: list[_Job] = field(default_factory=list)
+    row_job: list[int | None] = field(default_factory=list)  # per row: its job's index
+    prepared: dict[int, PreparedResult] = field(default_factory=dict)  # by job index
+
+    def sha256_of_row(self, position: int) -> str:
+        job = self.row_job[position]
+        assert job is not None
+        return self.prepared[job].sha256
 
 
 def _name_taken(name: str) -> InputError:
@@ -173,11 +188,11 @@ def _check_name(database: Database, name: str) -> None:
 def _plan(
     rows: Sequence[QuestionRow], catalog: ImageCatalog, staging: _Staging,
     limits: IngestLimits, file: str, problems: list[Problem],
-) -> tuple[list[_Job], list[int | None]]:
-    """The distinct images to prepare, and for each row the index of its job."""
-    jobs: list[_Job] = []
+) -> _Plan:
+    """Find each row's image; rows naming the same file or data: URL share one job."""
+    plan = _Plan(rows)
+    jobs, row_job = plan.jobs, plan.row_job
     by_key: dict[tuple[str, str | None], int] = {}
-    row_job: list[int | None] = []
     for position, row in enumerate(rows):
         try:
             if is_data_url(row.image_ref):
@@ -187,7 +202,7 @@ def _plan(
                     scratch = staging.scratch_file(".bin")
                     scratch.write_bytes(payload)
                     source = ImageSource(
-                        path=scratch, relative=scratch.name,
+                        path=scratch, relative=f"data-url-row-{row.row}",
                         display=f"the data: URL in row {row.row}",
                     )
                 else:
@@ -204,7 +219,7 @@ def _plan(
             jobs.append(_Job(source))
         jobs[by_key[key]].rows.append(position)
         row_job.append(by_key[key])
-    return jobs, row_job
+    return plan
 
 
 def _known_images(database: Database) -> frozenset[str]:
@@ -213,11 +228,11 @@ def _known_images(database: Database) -> frozenset[str]:
 
 
 def _prepare_all(
-    jobs: Sequence[_Job], rows: Sequence[QuestionRow], settings: WorkerSettings,
-    known: frozenset[str], workers: int, limits: IngestLimits, file: str,
-    problems: list[Problem], progress: Progress | None,
-) -> dict[int, PreparedResult]:
-    prepared: dict[int, PreparedResult] = {}
+    plan: _Plan, settings: WorkerSettings, known: frozenset[str], workers: int,
+    limits: IngestLimits, file: str, problems: list[Problem], progress: Progress | None,
+) -> None:
+    """Prepare every job's image into `plan.prepared`; each bad one becomes a problem."""
+    jobs = plan.jobs
     total = len(jobs)
     read_bytes = 0
     cap = limits.sources.max_upload_bytes
@@ -229,15 +244,13 @@ def _prepare_all(
         tasks, settings, known, workers, limits.tasks_in_flight_per_worker,
         should_stop=lambda: over_cap,
     )
-    done = 0
-    for result in results:
-        done += 1
+    for done, result in enumerate(results, start=1):
         read_bytes += result.byte_size
         if read_bytes > cap and not over_cap:
             over_cap = True
             problems.append(Problem(
                 file, None, None,
-                f"the images add up to more than the {cap / _MB:,.0f} MB upload limit "
+                f"the images add up to more than the {format_size(cap)} upload limit "
                 "(counted while reading and extracting); split the upload into several "
                 "datasets or raise the limit",
             ))
@@ -245,13 +258,12 @@ def _prepare_all(
             job = jobs[result.index]
             for position in job.rows:
                 problems.append(Problem(
-                    file, rows[position].row, "image", f"{job.source.label}: {result.reason}",
+                    file, plan.rows[position].row, "image", f"{job.source.label}: {result.reason}",
                 ))
         else:
-            prepared[result.index] = result
+            plan.prepared[result.index] = result
         if progress is not None:
             progress(done, total)
-    return prepared
 
 
 def _worker_count(requested: int | None, jobs: int) -> int:
@@ -275,14 +287,13 @@ def _chunks(values: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[s
 
 
 def _commit(
-    database: Database, data: Path, staging: _Staging, name: str, source_name: str,
-    default_type: QuestionType | None, rows: Sequence[QuestionRow], jobs: Sequence[_Job],
-    row_job: Sequence[int | None], prepared: dict[int, PreparedResult],
+    database: Database, data: Path, staging: _Staging, dataset: Dataset, plan: _Plan,
 ) -> tuple[int, int, int]:
     """Move files into place and insert every row; returns (dataset id, stored, duplicates)."""
-    first_for_sha: dict[str, int] = {}
+    prepared = plan.prepared
+    first_for_sha: dict[str, int] = {}  # new image -> the first job that staged it
     duplicates = 0
-    for index in range(len(jobs)):
+    for index in range(len(plan.jobs)):
         result = prepared[index]
         if not result.staged or result.sha256 in first_for_sha:
             duplicates += 1
@@ -296,10 +307,26 @@ def _commit(
         staging.move_into_place(staged_original, stored_path(data, original_rel))
         staging.move_into_place(staged_jpeg, stored_path(data, prepared_rel))
 
+    try:
+        return _insert_rows(database, dataset, plan, first_for_sha, duplicates)
+    except IntegrityError:
+        # Only a concurrent import can get here (same name or same new image, on a
+        # database that does not serialise writers); retrying sees its result.
+        raise InputError(
+            f"another import stored the dataset name '{dataset.name}' or some of the same "
+            "images at the same moment; nothing was imported, run the import again"
+        ) from None
+
+
+def _insert_rows(
+    database: Database, dataset: Dataset, plan: _Plan, first_for_sha: dict[str, int],
+    duplicates: int,
+) -> tuple[int, int, int]:
+    prepared, jobs = plan.prepared, plan.jobs
     all_shas = sorted({result.sha256 for result in prepared.values()})
     with database.write() as session:
-        if session.scalar(select(Dataset.id).where(Dataset.name == name)) is not None:
-            raise _name_taken(name)
+        if session.scalar(select(Dataset.id).where(Dataset.name == dataset.name)) is not None:
+            raise _name_taken(dataset.name)
         image_ids: dict[str, int] = {}
         for chunk in _chunks(all_shas):
             image_ids.update(session.execute(
@@ -330,18 +357,15 @@ def _commit(
             image_ids.update(session.execute(
                 insert(Image).returning(Image.sha256, Image.id), new_images,
             ).all())
-        dataset = Dataset(name=name, default_question_type=default_type, source_name=source_name)
         session.add(dataset)
         session.flush()
         items: list[dict[str, Any]] = []
-        for position, row in enumerate(rows):
-            job_index = row_job[position]
-            assert job_index is not None
-            sha256 = prepared[job_index].sha256
+        for position, row in enumerate(plan.rows):
+            sha256 = plan.sha256_of_row(position)
             if sha256 not in image_ids:
                 raise InputError(
-                    f"image {jobs[job_index].source.label} was removed from the database "
-                    "during the import; run the import again"
+                    f"image '{row.image_ref[:100]}' was removed from the database during the "
+                    "import; run the import again"
                 )
             items.append({
                 "dataset_id": dataset.id,
@@ -412,10 +436,10 @@ def ingest_dataset(
     staging = _Staging(data)
     committed = False
     try:
-        jobs, row_job = _plan(rows, catalog, staging, limits, file, problems)
+        plan = _plan(rows, catalog, staging, limits, file, problems)
         settings = WorkerSettings(staging.root, limits.sources, limits.images)
-        prepared = _prepare_all(
-            jobs, rows, settings, _known_images(database), _worker_count(workers, len(jobs)),
+        _prepare_all(
+            plan, settings, _known_images(database), _worker_count(workers, len(plan.jobs)),
             limits, file, problems, progress,
         )
         if problems:
@@ -423,9 +447,8 @@ def ingest_dataset(
         if not rows:
             raise IngestError([Problem(file, None, None, "no questions to import")])
         try:
-            dataset_id, stored, duplicates = _commit(
-                database, data, staging, name, file, default_type, rows, jobs, row_job, prepared,
-            )
+            dataset = Dataset(name=name, default_question_type=default_type, source_name=file)
+            dataset_id, stored, duplicates = _commit(database, data, staging, dataset, plan)
         except BaseException:
             staging.undo(keep=_referenced(database))
             raise

@@ -27,7 +27,7 @@ from typing import Any
 
 from db.models import QuestionType
 from vqa_engine.errors import IngestError, InputError, Problem
-from vqa_engine.image_sources import is_data_url
+from vqa_engine.image_sources import format_size, is_data_url
 
 _MB = 1024 * 1024
 
@@ -69,7 +69,9 @@ class _RowError(Exception):
         self.reason = reason
 
 
-def parse_question_type(value: str | QuestionType | None, *, what: str = "question_type") -> QuestionType | None:
+def parse_question_type(
+    value: str | QuestionType | None, *, what: str = "question_type",
+) -> QuestionType | None:
     """`multiple_choice` / `fill_in_blank` (case, spaces and dashes forgiven); None if empty."""
     if value is None or isinstance(value, QuestionType):
         return value
@@ -154,8 +156,7 @@ def _iter_json_array(path: Path, limits: QuestionLimits) -> Iterator[tuple[int, 
             None, f"expected a JSON array of question objects, found {found}; "
             "put the questions in a top-level [...] array",
         )
-    for index, value in enumerate(document, start=1):
-        yield index, value
+    yield from enumerate(document, start=1)
 
 
 def _iter_jsonl_lines(stream: io.TextIOBase, limits: QuestionLimits) -> Iterator[tuple[int, Any]]:
@@ -301,16 +302,19 @@ def _check_extra(record: dict[str, Any], row: int, limits: QuestionLimits,
                 file, row, key,
                 f"is {len(value):,} characters long, above the limit of {limits.max_field_chars:,}",
             ))
-        elif isinstance(value, (dict, list)):
-            if len(json.dumps(value, ensure_ascii=False)) > limits.max_field_chars:
-                problems.append(Problem(
-                    file, row, key,
-                    f"is larger than the limit of {limits.max_field_chars:,} characters",
-                ))
+        elif isinstance(value, (dict, list)) and (
+            len(json.dumps(value, ensure_ascii=False)) > limits.max_field_chars
+        ):
+            problems.append(Problem(
+                file, row, key,
+                f"is larger than the limit of {limits.max_field_chars:,} characters",
+            ))
     return extra
 
 
-def _external_id(record: dict[str, Any], row: int, problems: list[Problem], file: str) -> str | None:
+def _external_id(
+    record: dict[str, Any], row: int, problems: list[Problem], file: str,
+) -> str | None:
     value = record.get(ID)
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -347,8 +351,8 @@ def parse_questions(
     if size > limits.max_file_bytes:
         return [], [Problem(
             file, None, None,
-            f"the file is {size / _MB:.1f} MB, above the limit of "
-            f"{limits.max_file_bytes / _MB:.0f} MB; split it into smaller files",
+            f"the file is {format_size(size)}, above the limit of "
+            f"{format_size(limits.max_file_bytes)}; split it into smaller files",
         )]
     kind = _detect_format(path)
     if kind == "json":
@@ -398,11 +402,17 @@ def _validate(
 ) -> tuple[int, str | None, str, QuestionType, str, dict[str, Any]] | None:
     before = len(problems)
     if _depth(record) > limits.max_json_depth:
-        problems.append(Problem(file, row, None, f"nested deeper than {limits.max_json_depth} levels"))
+        problems.append(Problem(
+            file, row, None, f"nested deeper than {limits.max_json_depth} levels",
+        ))
         return None
     external_id = _external_id(record, row, problems, file)
-    question = _text_field(record, QUESTION, row, limits.max_field_chars, problems, file, required=True)
-    image = _text_field(record, IMAGE, row, limits.max_image_field_chars, problems, file, required=True)
+    question = _text_field(
+        record, QUESTION, row, limits.max_field_chars, problems, file, required=True,
+    )
+    image = _text_field(
+        record, IMAGE, row, limits.max_image_field_chars, problems, file, required=True,
+    )
     if image is not None and not is_data_url(image) and len(image) > 1000:
         problems.append(Problem(
             file, row, IMAGE, "is longer than 1,000 characters and is not a data: URL",
@@ -411,7 +421,8 @@ def _validate(
     raw_type = record.get(QUESTION_TYPE)
     if raw_type is not None and not isinstance(raw_type, str):
         problems.append(Problem(
-            file, row, QUESTION_TYPE, f"must be text ({TYPE_NAMES}), found {type(raw_type).__name__}",
+            file, row, QUESTION_TYPE,
+            f"must be text ({TYPE_NAMES}), found {type(raw_type).__name__}",
         ))
     else:
         try:
