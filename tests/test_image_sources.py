@@ -69,6 +69,17 @@ def test_folder_is_catalogued_recursively_and_matched_by_name_and_relative_path(
     assert catalog.resolve("upload/cats/tom.png").relative == "cats/tom.png"  # by file name
 
 
+def test_file_name_differing_only_in_case_matches_when_unambiguous(tmp_path: Path) -> None:
+    write(tmp_path / "imgs" / "Cat.JPG", png())
+    write(tmp_path / "imgs" / "dog.png", png())
+    write(tmp_path / "imgs" / "DOG.png", png())
+    catalog = collect_images([tmp_path / "imgs"])
+    assert catalog.resolve("cat.jpg").relative == "Cat.JPG"
+    assert catalog.resolve("dog.png").relative == "dog.png"  # the exact name wins
+    with pytest.raises(InputError, match="matches 2 uploaded files"):
+        catalog.resolve("Dog.png")
+
+
 def test_trailing_path_disambiguates_when_the_prefix_differs(tmp_path: Path) -> None:
     write(tmp_path / "set" / "batch1" / "a" / "x.png", png())
     write(tmp_path / "set" / "batch1" / "b" / "x.png", png())

@@ -2,8 +2,8 @@
 
 Images arrive as single files, folders or zip archives, or inline as `data:` URLs. A question's
 `image` field is matched against the relative path inside a folder or archive first, then
-against the trailing part of such a path, then against the bare file name, and a name that
-fits several different files is refused rather than guessed.
+against the trailing part of such a path, then against the bare file name (exactly, then
+ignoring case), and a name that fits several different files is refused rather than guessed.
 
 Archives are hostile until proven otherwise: entries that would land outside the archive
 (`..`, absolute paths, drive letters) or that are symbolic links are refused, and bytes are
@@ -91,6 +91,9 @@ class ImageCatalog:
             candidates = [s for s in self.sources if s.relative.endswith(suffix)]
         if not candidates:
             candidates = self._by_name.get(PurePosixPath(wanted).name, [])
+        if not candidates:  # files made on a case-insensitive disk: Cat.JPG for cat.jpg
+            folded = PurePosixPath(wanted).name.casefold()
+            candidates = [s for s in self.sources if s.name.casefold() == folded]
         if len(candidates) == 1:
             return candidates[0]
         if candidates:
