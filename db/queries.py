@@ -226,9 +226,17 @@ def list_items(
     ]
 
 
-def count_items(session: Session, item_filter: ItemFilter) -> int:
-    statement = _filtered(select(func.count()).select_from(Item), item_filter, join=False)
-    return int(session.scalar(statement) or 0)
+def count_items(session: Session, item_filter: ItemFilter, *, cap: int | None = None) -> int:
+    """Items matching the filter; with `cap`, counting stops there (show "1,000+").
+
+    A text search cannot use an index, so a page may cap its count to stay fast.
+    """
+    if cap is None:
+        statement = _filtered(select(func.count()).select_from(Item), item_filter, join=False)
+        return int(session.scalar(statement) or 0)
+    matches = _filtered(select(Item.id).select_from(Item), item_filter, join=False)
+    capped = matches.limit(max(cap, 0)).subquery()
+    return int(session.scalar(select(func.count()).select_from(capped)) or 0)
 
 
 def neighbours(

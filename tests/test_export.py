@@ -22,6 +22,7 @@ from vqa_engine.export import (
     ExportFormat,
     ExportSelection,
     ImageMode,
+    default_export_path,
     default_file_name,
     export_dataset,
     export_preview,
@@ -347,6 +348,13 @@ def test_default_file_names_follow_format_and_image_mode() -> None:
     assert default_file_name("pets & co", ExportFormat.MMBENCH_TSV,
                              ImageMode.FILE_NAMES) == "pets_co.tsv"
     assert default_file_name("pets", ExportFormat.JSON, ImageMode.ZIP) == "pets.zip"
+    assert default_file_name("v1.2", ExportFormat.PARQUET, ImageMode.EMBEDDED) == "v1.2.parquet"
+
+
+def test_the_default_export_path_is_in_the_data_dirs_exports_folder(data_dir: Path) -> None:
+    path = default_export_path("pets & co", ExportFormat.JSONL, ImageMode.FILE_NAMES)
+    assert path.parent == data_dir / "exports"
+    assert path.name.startswith("pets_co-") and path.suffix == ".jsonl"
 
 
 @pytest.mark.postgres

@@ -145,6 +145,8 @@ def test_pages_and_count_agree(database: Database, sample: Sample) -> None:
         assert count_items(session, ItemFilter(dataset_id=sample.dataset_id, text="zebra")) == 1
         assert count_items(session, ItemFilter(dataset_id=sample.dataset_id,
                                                flag=ANY_FLAG)) == 2
+        assert count_items(session, everything, cap=5) == 5
+        assert count_items(session, everything, cap=50) == 7
 
 
 def test_neighbours_walk_the_filter_and_stop_at_the_ends(database: Database,

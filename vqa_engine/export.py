@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 
 from db.engine import Database, data_dir
 from db.models import Dataset, Generation, Image, Item, ItemStatus, QuestionType
-from db.queries import letter_histogram
+from db.queries import letter_histogram, status_counts
 from vqa_engine.errors import ExportError, VQAError
 from vqa_engine.records import LETTERS, item_record
 
@@ -257,14 +257,15 @@ def _distinct_images(
 # ---------------------------------------------------------------- images
 
 
-def _image_path(image: Image | _ImageView) -> Path:
-    return data_dir() / image.original_path
+def _image_path(data: Path, image: Image | _ImageView) -> Path:
+    return data / image.original_path
 
 
 class _ImageBytes:
     """Original image bytes, keeping the few most recent (datasets often share images)."""
 
-    def __init__(self, capacity: int = IMAGE_CACHE_ITEMS) -> None:
+    def __init__(self, data: Path, capacity: int = IMAGE_CACHE_ITEMS) -> None:
+        self._data = data
         self._capacity = capacity
         self._cache: OrderedDict[int, bytes] = OrderedDict()
 
@@ -273,7 +274,7 @@ class _ImageBytes:
         if cached is not None:
             self._cache.move_to_end(image.id)
             return cached
-        path = _image_path(image)
+        path = _image_path(self._data, image)
         try:
             content = path.read_bytes()
         except OSError as exc:
@@ -495,6 +496,7 @@ class _Plan:
     image_mode: ImageMode
     inner_name: str
     page_size: int
+    data: Path
 
 
 def _begin_snapshot(database: Database, session: Session) -> None:
@@ -510,7 +512,7 @@ def _write_records(
     total: int,
     progress: Progress | None,
 ) -> int:
-    images = _ImageBytes()
+    images = _ImageBytes(plan.data)
     writer: _Writer
     if plan.fmt is ExportFormat.JSON:
         writer = _JsonArrayWriter(handle)
@@ -558,7 +560,7 @@ def _write_zip(
         for image in _distinct_images(session, plan.dataset_id, plan.statuses):
             name = _archive_name(image, taken)
             archive_names[image.id] = name
-            path = _image_path(image)
+            path = _image_path(plan.data, image)
             if not path.is_file():
                 raise ExportError(
                     f"image file {path} is missing; restore the data dir or export with "
@@ -598,7 +600,7 @@ def _inner_name(destination: Path | BinaryIO, dataset_name: str, fmt: ExportForm
     if isinstance(destination, (str, os.PathLike)):
         stem = Path(destination).stem
     else:
-        stem = re.sub(r"[^\w.\-]+", "_", dataset_name).strip("._") or "export"
+        stem = _file_stem(dataset_name)
     return stem + fmt.extension
 
 
@@ -612,11 +614,13 @@ def export_dataset(
     image_mode: ImageMode = ImageMode.FILE_NAMES,
     progress: Progress | None = None,
     page_size: int = PAGE_SIZE,
+    data: Path | None = None,
 ) -> ExportSummary:
     """Write the selected items of a dataset to a file (atomically) or a binary stream.
 
     A stream receives the bytes only once the export has succeeded (it is assembled in a
-    temporary file first). `progress(done, total)` is called after every page.
+    temporary file first). `progress(done, total)` is called after every page. Image files
+    are read from `data` (default: the data dir), where ingest stored them.
     """
     fmt, selection, image_mode = ExportFormat(fmt), ExportSelection(selection), ImageMode(image_mode)
     started = time.perf_counter()
@@ -642,11 +646,10 @@ def export_dataset(
             statuses = selection.statuses
             total = _count(session, dataset_id, statuses)
             if total == 0:
-                from db.queries import status_counts
-
                 raise _nothing_selected(dataset, selection, status_counts(session, dataset_id))
             plan = _Plan(dataset_id, dataset.name, fmt, statuses, image_mode,
-                         _inner_name(destination, dataset.name, fmt), max(page_size, 1))
+                         _inner_name(destination, dataset.name, fmt), max(page_size, 1),
+                         Path(data) if data is not None else data_dir())
             with temporary.open("wb") as handle:
                 if image_mode is ImageMode.ZIP:
                     written = _write_zip(session, plan, handle, total, progress, scratch)
@@ -691,7 +694,22 @@ def export_preview(
     return ExportPreview(count, letters)
 
 
+def _file_stem(dataset_name: str) -> str:
+    return re.sub(r"[^\w.\-]+", "_", dataset_name).strip("._") or "export"
+
+
+def _file_extension(fmt: ExportFormat, image_mode: ImageMode) -> str:
+    return ".zip" if ImageMode(image_mode) is ImageMode.ZIP else ExportFormat(fmt).extension
+
+
 def default_file_name(dataset_name: str, fmt: ExportFormat, image_mode: ImageMode) -> str:
     """A file name for the download button or the exports folder."""
-    stem = re.sub(r"[^\w.\-]+", "_", dataset_name).strip("._") or "export"
-    return stem + (".zip" if image_mode is ImageMode.ZIP else ExportFormat(fmt).extension)
+    return _file_stem(dataset_name) + _file_extension(fmt, image_mode)
+
+
+def default_export_path(dataset_name: str, fmt: ExportFormat, image_mode: ImageMode,
+                        *, data: Path | None = None) -> Path:
+    """`<data dir>/exports/<dataset>-<UTC time>.<ext>`: where large exports are kept."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    folder = (Path(data) if data is not None else data_dir()) / "exports"
+    return folder / f"{_file_stem(dataset_name)}-{stamp}{_file_extension(fmt, image_mode)}"
