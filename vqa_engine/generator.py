@@ -171,6 +171,7 @@ class ItemJob:
     previous_distractors: list[str] = field(default_factory=list)
     attempts_used: int = 0
     known: dict[str, str] = field(default_factory=dict)  # ledger key -> successful text
+    seed: int | None = None  # item_seed, computed once
 
     @property
     def distractors_only(self) -> bool:
@@ -302,7 +303,10 @@ class ItemGenerator:
 
     @staticmethod
     def _seed(job: ItemJob) -> int:
-        return item_seed(job.image_sha256, job.question, job.external_id, job.regeneration)
+        if job.seed is None:
+            job.seed = item_seed(job.image_sha256, job.question, job.external_id,
+                                 job.regeneration)
+        return job.seed
 
     # -- running an item
 

@@ -40,6 +40,7 @@ from vqa_engine.ledger import LedgerRecord, record_entries
 from vqa_engine.runs import utcnow
 
 ITEMS = Item.__table__
+RUNS = Run.__table__
 GENERATIONS = Generation.__table__
 IN_CHUNK = 500
 
@@ -52,6 +53,7 @@ class ClaimedItem:
     question_type: QuestionType
     image_sha256: str
     prepared_path: str
+    prepared_byte_size: int
     regeneration: int
     regenerate_scope: RegenerateScope | None
     regenerate_reason: str | None
@@ -87,7 +89,7 @@ def claim_items(session: Session, run_id: int, worker_id: str, limit: int) -> li
     rows = session.execute(
         select(
             Item.id, Item.external_id, Item.question, Item.question_type, Image.sha256,
-            Image.prepared_path, Item.regeneration, Item.regenerate_scope,
+            Image.prepared_path, Image.prepared_byte_size, Item.regeneration, Item.regenerate_scope,
             Item.regenerate_reason, Item.attempts, Item.current_generation_id,
         )
         .join(Image, Image.id == Item.image_id)
@@ -262,21 +264,25 @@ def store_outcomes(
 
 
 def add_usage(session: Session, run_id: int, usage: RunUsage) -> None:
-    """Add a batch's usage to the run's counters (the run row is locked for it)."""
-    run = session.get(Run, run_id, with_for_update=True)
-    if run is None:
-        return
-    run.requests += usage.requests
-    run.ledger_hits += usage.ledger_hits
-    run.retries += usage.retries
-    run.prompt_tokens = (run.prompt_tokens or 0) + usage.prompt_tokens
-    run.completion_tokens = (run.completion_tokens or 0) + usage.completion_tokens
-    run.generated_items += usage.generated
-    run.failed_items += usage.failed
+    """Add a batch's usage to the run's counters in one UPDATE (increments, so concurrent
+    workers on PostgreSQL never lose each other's counts)."""
+    c = RUNS.c
+    values: dict[str, Any] = dict(
+        requests=c.requests + usage.requests,
+        ledger_hits=c.ledger_hits + usage.ledger_hits,
+        retries=c.retries + usage.retries,
+        prompt_tokens=c.prompt_tokens + usage.prompt_tokens,
+        completion_tokens=c.completion_tokens + usage.completion_tokens,
+        generated_items=c.generated_items + usage.generated,
+        failed_items=c.failed_items + usage.failed,
+    )
     if usage.errors:
-        merged = Counter({str(k): int(v) for k, v in (run.errors_by_type or {}).items()})
+        current = session.scalar(
+            select(c.errors_by_type).where(c.id == run_id).with_for_update()) or {}
+        merged = Counter({str(k): int(v) for k, v in current.items()})
         merged.update(usage.errors)
-        run.errors_by_type = dict(merged)
+        values["errors_by_type"] = dict(merged)
+    session.execute(update(RUNS).where(c.id == run_id).values(**values))
 
 
 def mark_running(session: Session, run_id: int, worker_id: str) -> bool:

@@ -31,7 +31,7 @@ import secrets
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -70,6 +70,9 @@ from vqa_engine import work_queue
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+PREFETCH_BYTES_PER_BATCH = 8 * 1024 * 1024  # image bytes read ahead with one claimed batch
+PREFETCH_MAX_IMAGE = 1024 * 1024  # larger images are read only when their call is made
 
 
 @dataclass(frozen=True)
@@ -119,14 +122,19 @@ _STOP = object()
 class ResultWriter:
     """The worker's only database writer: a thread committing queued work in batches.
 
-    Data (ledger records, item outcomes, usage) is applied in one transaction per batch;
+    A batch is what arrives within `linger` seconds of its first op (20 ms: a transaction
+    per request would cost more than the request); a command starts its batch at once. Data
+    (ledger records,
+    item outcomes, usage) is applied in one transaction per batch;
     commands (claims, status changes) run each in their own transaction, after the data that
     was queued before them, and resolve an asyncio future with their result.
     """
 
-    def __init__(self, database: Database, *, max_batch: int = 2000) -> None:
+    def __init__(self, database: Database, *, max_batch: int = 5000,
+                 linger: float = 0.02) -> None:
         self.database = database
         self.max_batch = max_batch
+        self.linger = linger
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.batches = 0
@@ -163,15 +171,26 @@ class ResultWriter:
 
     # -- the thread
 
+    def _collect(self) -> list[Any]:
+        """The next batch: whatever arrives within `linger` of the first op, cut short by a
+        command (someone is waiting for it) or the stop marker."""
+        first = self._queue.get()
+        if not isinstance(first, _Command) and first is not _STOP and self.linger > 0:
+            # Sleep rather than wait on the queue: a wake-up per queued op would cost the
+            # event loop a GIL hand-off each time.
+            time.sleep(self.linger)
+        batch = [first]
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            batch = [self._queue.get()]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            batch = self._collect()
             if any(op is _STOP for op in batch):
                 stopping = True
                 batch = [op for op in batch if op is not _STOP]
@@ -418,14 +437,29 @@ class RunExecutor:
         with self.worker.database.read() as session:
             previous = work_queue.previous_generations(session, previous_ids)
             jobs: list[ItemJob] = []
+            budget = PREFETCH_BYTES_PER_BATCH
+            read: dict[str, bytes] = {}
             for c in claimed:
                 answer, explanation, distractors = previous.get(
                     c.current_generation_id or -1, (None, None, []))
                 path = stored_path(data, c.prepared_path)
+                loader = _reader(path)
+                if c.prepared_path in read:
+                    loader = _preloaded(read[c.prepared_path])
+                elif c.prepared_byte_size <= min(budget, PREFETCH_MAX_IMAGE):
+                    # Small images are read here, in this thread, with the batch: one
+                    # thread hop per batch instead of one per item. The rest on demand.
+                    try:
+                        read[c.prepared_path] = path.read_bytes()
+                    except OSError:
+                        pass  # reported by the on-demand read, with the item
+                    else:
+                        budget -= c.prepared_byte_size
+                        loader = _preloaded(read[c.prepared_path])
                 jobs.append(ItemJob(
                     item_id=c.item_id, external_id=c.external_id, question=c.question,
                     question_type=c.question_type, image_sha256=c.image_sha256,
-                    load_image=_reader(path), regeneration=c.regeneration,
+                    load_image=loader, regeneration=c.regeneration,
                     regenerate_scope=c.regenerate_scope, regenerate_reason=c.regenerate_reason,
                     previous_answer=answer, previous_explanation=explanation,
                     previous_distractors=distractors, attempts_used=c.attempts,
@@ -492,9 +526,16 @@ class RunExecutor:
         log.warning("run %s stopped: %s", self.run_id, message)
 
 
-def _reader(path: Path) -> Callable[[], Any]:
-    def load() -> Any:
+def _reader(path: Path) -> Callable[[], Awaitable[bytes]]:
+    def load() -> Awaitable[bytes]:
         return asyncio.to_thread(path.read_bytes)
+
+    return load
+
+
+def _preloaded(data: bytes) -> Callable[[], Awaitable[bytes]]:
+    async def load() -> bytes:
+        return data
 
     return load
 
