@@ -189,7 +189,9 @@ def test_malformed_jsonl_line_is_reported_by_line_number_and_other_rows_still_ch
     ]
     problems = problems_of(write(tmp_path / "q.jsonl", "\n".join(lines) + "\n"))
     assert [(p.row, p.field) for p in problems] == [(3, None), (4, "id")]
-    assert problems[0].reason.startswith("malformed JSON on this line")
+    assert problems[0].reason.startswith(
+        "malformed JSON on this line: Expecting ',' delimiter at column 35"
+    )
     assert "duplicate id 'a', already used by row 1" in problems[1].reason
 
 
@@ -245,6 +247,12 @@ def test_bad_field_is_named_with_its_row_and_reason(
     problem = one_problem(path)
     assert (problem.file, problem.row, problem.field) == ("q.jsonl", 2, field)
     assert reason in problem.reason
+
+
+def test_csv_row_spanning_lines_is_numbered_by_its_first_line(tmp_path: Path) -> None:
+    text = 'question,question_type,image\n"two\nlines",fill_in_blank,a.png\n,fill_in_blank,b.png\n'
+    problem = one_problem(write(tmp_path / "q.csv", text))
+    assert (problem.row, problem.field) == (4, "question")
 
 
 def test_csv_empty_cells_are_reported_per_row(tmp_path: Path) -> None:

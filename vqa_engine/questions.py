@@ -118,10 +118,11 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _json_problem(exc: Exception, what: str) -> str:
+def _json_problem(exc: Exception, what: str, *, one_line: bool = False) -> str:
     if isinstance(exc, json.JSONDecodeError):
+        where = f"column {exc.colno}" if one_line else f"line {exc.lineno}, column {exc.colno}"
         return (
-            f"malformed {what}: {exc.msg} at line {exc.lineno}, column {exc.colno}; "
+            f"malformed {what}: {exc.msg} at {where}; "
             "fix the syntax (a validator such as `python -m json.tool FILE` shows it)"
         )
     if isinstance(exc, RecursionError):
@@ -167,9 +168,11 @@ def _iter_jsonl_lines(stream: io.TextIOBase, limits: QuestionLimits) -> Iterator
             yield number, _RowError(number, "the line is too long to be one question")
             continue
         try:
-            yield number, _json_loads(line)
+            yield number, _json_loads(line.rstrip())
         except (ValueError, RecursionError) as exc:
-            yield number, _RowError(number, _json_problem(exc, "JSON on this line"))
+            yield number, _RowError(
+                number, _json_problem(exc, "JSON on this line", one_line=True),
+            )
 
 
 def _iter_jsonl(path: Path, limits: QuestionLimits) -> Iterator[tuple[int, Any]]:
@@ -191,8 +194,10 @@ def _iter_csv(path: Path, limits: QuestionLimits, need_type: bool) -> Iterator[t
                 raise _RowError(None, _EMPTY)
             names = [cell.strip() for cell in header]
             columns = _csv_columns(names, need_type)
+            end_of_previous = reader.line_num
             for cells in reader:
-                number = reader.line_num
+                number = end_of_previous + 1  # where the record starts, even if it spans lines
+                end_of_previous = reader.line_num
                 if not any(cell.strip() for cell in cells):
                     continue
                 if len(cells) != len(names):
