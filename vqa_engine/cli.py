@@ -107,6 +107,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     options = PipelineOptions(
         input=Path(args.input), out_dir=Path(args.out_dir),
         images=[Path(p) for p in args.images or []], concurrency=args.concurrency,
@@ -125,6 +126,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     database = open_database()
     print(f"worker running on {database_url().split('@')[-1]}; Ctrl-C drains and exits",
           file=sys.stderr)
