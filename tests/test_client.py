@@ -599,3 +599,10 @@ def test_retry_after_wins_over_backoff_but_is_capped():
 ])
 def test_image_sizes_are_shown_in_readable_units(image, text):
     assert image_size_text(image) == text
+
+
+def test_encoded_request_is_exactly_the_json_body():
+    client = VLMClient(ClientConfig(endpoint=Endpoint(base_url="http://127.0.0.1:9/v1")))
+    for request in (ChatRequest('say "hi" \\ 中文 \x00', IMAGE, system="sys"),
+                    ChatRequest("no image", None)):
+        assert json.loads(client.encode_request(request)) == client.request_body(request)

@@ -347,3 +347,17 @@ def test_cli_rejects_unknown_faults():
         [sys.executable, "-m", "vqa_engine", "simulate", "--faults", "teapot=0.5"],
         cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "teapot" in result.stderr
+
+
+async def test_bodies_with_escaped_slashes_and_image_like_prompts_are_still_understood():
+    image = jpeg((30, 60, 210))
+    body = body_for(answer_prompt('What colour? "data:image/png" is just text',
+                                  QuestionType.MULTIPLE_CHOICE), image)
+    escaped = json.dumps(body).replace("/", "\\/")
+    async with await start_simulator(SimulatorConfig(latency_ms=0)) as sim:
+        async with aiohttp.ClientSession() as session:
+            for payload in (json.dumps(body), escaped):
+                async with session.post(f"{sim.base_url}/chat/completions", data=payload,
+                                        headers={"Content-Type": "application/json"}) as reply:
+                    assert reply.status == 200
+                    assert parse_answer(content_of(await reply.text())).answer == "blue"

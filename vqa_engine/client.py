@@ -23,6 +23,7 @@ import errno
 import json
 import random
 import re
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,7 @@ from vqa_engine.errors import (
 )
 from vqa_engine.settings import Endpoint
 
+_IMAGE_SLOT = f"image-slot-{secrets.token_hex(16)}"  # replaced by the base64 image
 SERVER_TEXT_SHOWN = 300  # characters of an endpoint's own error text quoted in a message
 
 
@@ -257,12 +259,29 @@ class VLMClient:
     # -- requests ----------------------------------------------------------------------
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
-        """The JSON body sent for `request` (also what a request ledger may hash)."""
-        content: list[dict[str, Any]] = []
+        """The JSON body sent for `request`, as a dict."""
+        url = None
         if request.image_jpeg is not None:
-            data = base64.b64encode(request.image_jpeg).decode("ascii")
-            content.append({"type": "image_url",
-                            "image_url": {"url": f"data:image/jpeg;base64,{data}"}})
+            url = "data:image/jpeg;base64," + base64.b64encode(request.image_jpeg).decode("ascii")
+        return self._body(request, url)
+
+    def encode_request(self, request: ChatRequest) -> bytes:
+        """The exact bytes POSTed for `request`.
+
+        The base64 image is spliced into the serialized JSON rather than passed through
+        `json.dumps`, which would scan (and copy) hundreds of kilobytes per call for nothing.
+        """
+        if request.image_jpeg is None:
+            return json.dumps(self._body(request, None), ensure_ascii=False).encode("utf-8")
+        text = json.dumps(self._body(request, _IMAGE_SLOT), ensure_ascii=False)
+        before, _, after = text.partition(_IMAGE_SLOT)
+        return b"".join((before.encode("utf-8"), b"data:image/jpeg;base64,",
+                         base64.b64encode(request.image_jpeg), after.encode("utf-8")))
+
+    def _body(self, request: ChatRequest, image_url: str | None) -> dict[str, Any]:
+        content: list[dict[str, Any]] = []
+        if image_url is not None:
+            content.append({"type": "image_url", "image_url": {"url": image_url}})
         content.append({"type": "text", "text": request.prompt})
         messages: list[dict[str, Any]] = []
         if request.system:
@@ -273,17 +292,18 @@ class VLMClient:
             "messages": messages,
             "temperature": (self.config.temperature if request.temperature is None
                             else request.temperature),
-            "max_tokens": self.config.max_tokens if request.max_tokens is None
-            else request.max_tokens,
+            "max_tokens": self._max_tokens(request),
             "stream": False,
         }
+
+    def _max_tokens(self, request: ChatRequest) -> int:
+        return self.config.max_tokens if request.max_tokens is None else request.max_tokens
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         """Send one request, retrying transient failures; raises the last typed error."""
         session = self._ensure_session()
-        body = self.request_body(request)
-        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        max_tokens = int(body["max_tokens"])
+        payload = self.encode_request(request)
+        max_tokens = self._max_tokens(request)
         retry = 0
         while True:
             error: EndpointError | None = None
@@ -317,7 +337,7 @@ class VLMClient:
         session = self._ensure_session()
         request = ChatRequest(prompt="Reply with the single word OK.", image_jpeg=None,
                               temperature=0.0, max_tokens=16)
-        payload = json.dumps(self.request_body(request)).encode("utf-8")
+        payload = self.encode_request(request)
         return await self._attempt(session, payload, None, max_tokens=16, lenient=True)
 
     async def _attempt(self, session: aiohttp.ClientSession, payload: bytes,
