@@ -7,6 +7,8 @@ import json
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from db.models import QuestionType, RegenerateScope
 from vqa_engine.client import ClientConfig, RetryPolicy, VLMClient
@@ -82,6 +84,31 @@ def test_distractor_count_stays_in_the_configured_range_and_covers_it() -> None:
 def test_generation_settings_refuse_an_inverted_distractor_range() -> None:
     with pytest.raises(ValueError, match="distractor range"):
         GenerationSettings(distractors_min=4, distractors_max=2)
+
+
+@given(st.lists(st.text(max_size=12), max_size=8), st.text(max_size=12))
+def test_cleaned_distractors_never_overlap_the_answer_or_each_other(
+    candidates: list[str], correct: str,
+) -> None:
+    kept = clean_distractors(candidates, correct)
+    keys = [" ".join(k.split()).casefold() for k in kept]
+    answer = " ".join(correct.split()).casefold()
+    assert len(set(keys)) == len(keys) and all(keys)
+    assert all(k == k.strip() for k in kept)
+    if answer:
+        assert not any(answer in k or k in answer for k in keys)
+
+
+@given(st.text(min_size=1, max_size=8), st.lists(st.text(max_size=8), max_size=6),
+       st.integers(min_value=0, max_value=2**63 - 1))
+def test_shuffled_options_are_a_permutation_with_the_answer_at_its_letter(
+    correct: str, distractors: list[str], seed: int,
+) -> None:
+    options, letter = shuffle_options(correct, distractors, seed)
+    assert list(options) == list("ABCDEFG"[: len(distractors) + 1])
+    assert options[letter] == correct
+    assert sorted(options.values()) == sorted([correct, *distractors])
+    assert shuffle_options(correct, distractors, seed) == (options, letter)
 
 
 # ---------------------------------------------------------------- against an endpoint

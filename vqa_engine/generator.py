@@ -172,6 +172,7 @@ class ItemJob:
     attempts_used: int = 0
     known: dict[str, str] = field(default_factory=dict)  # ledger key -> successful text
     seed: int | None = None  # item_seed, computed once
+    answer_call: tuple[str, str] | None = None  # (prompt, ledger key), computed once
 
     @property
     def distractors_only(self) -> bool:
@@ -265,7 +266,12 @@ class ItemGenerator:
     # -- keys, so the worker can prefetch ledger hits before anything runs
 
     def answer_request(self, job: ItemJob) -> tuple[str, str]:
-        """(prompt, ledger key) of the item's answer call."""
+        """(prompt, ledger key) of the item's answer call (computed once per job)."""
+        if job.answer_call is None:
+            job.answer_call = self._answer_request(job)
+        return job.answer_call
+
+    def _answer_request(self, job: ItemJob) -> tuple[str, str]:
         previous = job.previous_answer if job.regeneration > 0 else None
         reason = job.regenerate_reason if job.regeneration > 0 else None
         prompt = answer_prompt(
