@@ -32,6 +32,14 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import insert, update  # noqa: E402
 
 from db.engine import Database, open_database  # noqa: E402
+from db.queries import (  # noqa: E402
+    ItemFilter,
+    count_items,
+    item_detail,
+    list_items,
+    neighbours,
+    status_counts,
+)
 from db.models import (  # noqa: E402
     Dataset,
     Generation,
@@ -140,20 +148,13 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def measure_reruns(database: Database, dataset_id: int, count: int, first_id: int,
-                   samples: int, text: str = "", cap: int | None = None,
+def measure_reruns(database: Database, item_filter: ItemFilter, count: int, first_id: int,
+                   samples: int, *, cap: int | None = None,
                    first_page: bool = False) -> dict[str, list[float]]:
-    from db.queries import (
-        ItemFilter,
-        count_items,
-        item_detail,
-        list_items,
-        neighbours,
-        status_counts,
-    )
-
+    """Time the queries of one review-page rerun for `samples` random items."""
+    assert item_filter.dataset_id is not None
+    dataset_id = item_filter.dataset_id
     rng = random.Random(7)
-    item_filter = ItemFilter(dataset_id=dataset_id, statuses=(ItemStatus.GENERATED,), text=text)
     timings: dict[str, list[float]] = {name: [] for name in
                                        ("item_detail", "list_items", "count_items",
                                         "neighbours", "status_counts", "rerun")}
@@ -243,16 +244,33 @@ def main() -> None:
               f"{time.perf_counter() - started:.1f} s ({data / 'vqa.db'}, "
               f"{(data / 'vqa.db').stat().st_size / 1e6:.0f} MB)")
 
-        measure_reruns(database, large, args.items, 1, 20)  # warm the page cache
-        print_timings(f"review page rerun, {args.items:,} items, filter status=generated "
-                      f"({args.samples} random items)",
-                      measure_reruns(database, large, args.items, 1, args.samples))
-        print_timings("with a text search ('kitchen'), first page, count capped at 1,000",
-                      measure_reruns(database, large, args.items, 1, args.samples // 2,
-                                     text="kitchen", cap=1000, first_page=True))
-        print_timings("with a text search ('kitchen'), random pages, exact count (worst case)",
-                      measure_reruns(database, large, args.items, 1, args.samples // 2,
-                                     text="kitchen"))
+        generated = ItemFilter(dataset_id=large, statuses=(ItemStatus.GENERATED,))
+        measure_reruns(database, generated, args.items, 1, 20)  # warm the page cache
+        print_timings(f"review page rerun, {args.items:,} items, filter status=generated, "
+                      f"random table pages ({args.samples} random items)",
+                      measure_reruns(database, generated, args.items, 1, args.samples))
+        shapes: list[tuple[str, ItemFilter, int | None, bool]] = [
+            ("whole dataset", ItemFilter(dataset_id=large), None, False),
+            ("generated + accepted",
+             ItemFilter(dataset_id=large, statuses=(ItemStatus.GENERATED, ItemStatus.ACCEPTED)),
+             None, False),
+            ("fill-in-blank only",
+             ItemFilter(dataset_id=large, question_types=(QuestionType.FILL_IN_BLANK,)),
+             None, False),
+            ("flag answer_in_question (1%)",
+             ItemFilter(dataset_id=large, flag="answer_in_question"), None, False),
+            ("text 'kitchen', 1st page, count cap 1000",
+             ItemFilter(dataset_id=large, text="kitchen"), 1000, True),
+            ("text 'kitchen', any page, exact count",
+             ItemFilter(dataset_id=large, text="kitchen"), None, False),
+        ]
+        print(f"\nwhole rerun by filter ({args.samples // 2} random items each)")
+        print(f"  {'filter':<42} {'median ms':>10} {'p95 ms':>10}")
+        for label, item_filter, cap, first_page in shapes:
+            rerun = measure_reruns(database, item_filter, args.items, 1, args.samples // 2,
+                                   cap=cap, first_page=first_page)["rerun"]
+            print(f"  {label:<42} {statistics.median(rerun):>10.1f} "
+                  f"{_percentile(rerun, 0.95):>10.1f}")
         database.close()
 
         print("\nfull exports (selection=all), each in a fresh process:")

@@ -148,6 +148,8 @@ class Item(Base):
     __table_args__ = (
         UniqueConstraint("dataset_id", "external_id", name="uq_items_dataset_external_id"),
         Index("ix_items_dataset_status", "dataset_id", "status"),
+        # Walks a dataset in source order (review table, next/previous, export) without a sort.
+        Index("ix_items_dataset_id", "dataset_id", "id"),
         Index("ix_items_dataset_type", "dataset_id", "question_type"),
         Index("ix_items_run_status", "run_id", "status"),
         Index("ix_items_external_id", "external_id"),

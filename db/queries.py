@@ -132,15 +132,18 @@ def _flag_names(flags: Mapping[str, Any] | None) -> tuple[str, ...]:
 
 
 def _flag_condition(flag: str) -> ColumnElement[bool]:
+    # Most generations have no flag: the plain text comparison rejects them before any
+    # JSON is parsed.
+    flagged = and_(
+        Generation.quality_flags.is_not(None),
+        cast(Generation.quality_flags, Text).not_in(["{}", "null"]),
+    )
     if flag == ANY_FLAG:
-        return and_(
-            Generation.quality_flags.is_not(None),
-            cast(Generation.quality_flags, Text).not_in(["{}", "null"]),
-        )
+        return flagged
     # `as_string()` is JSON_EXTRACT on SQLite and ->> on PostgreSQL; the cast makes SQLite's
     # integer 1/0 for true/false comparable with PostgreSQL's text 'true'/'false'.
     value = cast(Generation.quality_flags[flag].as_string(), String)
-    return and_(value.is_not(None), func.lower(value).not_in(_FALSY_FLAG_TEXTS))
+    return and_(flagged, value.is_not(None), func.lower(value).not_in(_FALSY_FLAG_TEXTS))
 
 
 def _conditions(item_filter: ItemFilter) -> list[ColumnElement[bool]]:
@@ -177,6 +180,12 @@ def _filtered(statement: Select[Any], item_filter: ItemFilter, *, join: bool) ->
     return statement.where(*_conditions(item_filter))
 
 
+def _ordered(statement: Select[Any], order: ItemOrder) -> Select[Any]:
+    if order is ItemOrder.RECENTLY_CHANGED:
+        return statement.order_by(Item.updated_at.desc(), Item.id.desc())
+    return statement.order_by(Item.id)
+
+
 def list_items(
     session: Session,
     item_filter: ItemFilter,
@@ -185,8 +194,15 @@ def list_items(
     limit: int = DEFAULT_PAGE_SIZE,
     order: ItemOrder = ItemOrder.SOURCE,
 ) -> list[ItemRow]:
-    """One page of light rows for the review table."""
-    statement = _filtered(
+    """One page of light rows for the review table.
+
+    The page's ids are found first (an index-only walk past `offset` rows), then only those
+    rows are joined with their generations: skipped rows cost no join.
+    """
+    page_ids = _ordered(
+        _filtered(select(Item.id).select_from(Item), item_filter, join=False), order
+    ).offset(max(offset, 0)).limit(max(limit, 0))
+    statement = _ordered(
         select(
             Item.id,
             Item.external_id,
@@ -199,15 +215,12 @@ def list_items(
             Item.version,
             Item.current_generation_id,
             Item.updated_at,
-        ).select_from(Item),
-        item_filter,
-        join=True,
+        )
+        .select_from(Item)
+        .outerjoin(Generation, Generation.id == Item.current_generation_id)
+        .where(Item.id.in_(page_ids.scalar_subquery())),
+        order,
     )
-    if order is ItemOrder.RECENTLY_CHANGED:
-        statement = statement.order_by(Item.updated_at.desc(), Item.id.desc())
-    else:
-        statement = statement.order_by(Item.id)
-    statement = statement.offset(max(offset, 0)).limit(max(limit, 0))
     return [
         ItemRow(
             id=row[0],

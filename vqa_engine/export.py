@@ -199,25 +199,18 @@ def _rows(
 ) -> Iterator[list[_Row]]:
     """Pages of rows in source order; only one page is held at a time.
 
-    The walk follows the primary key between the dataset's first and last id. The dataset
-    condition is written `dataset_id + 0` so that SQLite does not pick the (dataset_id,
-    status) index and sort the whole remainder of the dataset for every page.
+    A keyset walk along the (dataset_id, id) index: each page starts after the last id of
+    the previous one, so every page costs the same however deep into the dataset it is.
     """
-    first, last = session.execute(
-        select(func.min(Item.id), func.max(Item.id)).where(Item.dataset_id == dataset_id)
-    ).one()
-    if first is None:
-        return
-    last_id = first - 1
-    statement = (
+    last_id = 0
+    statement = _selected(
         select(*_ITEM_COLUMNS, *_GENERATION_COLUMNS, *_IMAGE_COLUMNS)
         .select_from(Item)
         .join(Image, Image.id == Item.image_id)
-        .outerjoin(Generation, Generation.id == Item.current_generation_id)
-        .where(Item.dataset_id + 0 == dataset_id, Item.id <= last)
+        .outerjoin(Generation, Generation.id == Item.current_generation_id),
+        dataset_id,
+        statuses,
     )
-    if statuses:
-        statement = statement.where(Item.status.in_(statuses))
     while True:
         page = [
             _row(values)

@@ -406,6 +406,8 @@ def _multiple_choice_content(
     else:
         new_distractors = [str(d).strip() for d in distractors]
     count = len(new_distractors) + 1
+    if count > len(LETTERS):
+        raise ValidationError(f"{count} options is too many; use at most {len(LETTERS)}")
     seed: int | None = None
     if letter is None and old_letter and old_letter in LETTERS[:count]:
         letter = old_letter

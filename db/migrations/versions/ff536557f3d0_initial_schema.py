@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 99aea3065a23
+Revision ID: ff536557f3d0
 Revises: 
-Create Date: 2026-11-27 18:54:43.511476
+Create Date: 2026-11-27 19:27:05.076783
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = '99aea3065a23'
+revision: str = 'ff536557f3d0'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -127,6 +127,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('dataset_id', 'external_id', name='uq_items_dataset_external_id')
     )
     with op.batch_alter_table('items', schema=None) as batch_op:
+        batch_op.create_index('ix_items_dataset_id', ['dataset_id', 'id'], unique=False)
         batch_op.create_index('ix_items_dataset_status', ['dataset_id', 'status'], unique=False)
         batch_op.create_index('ix_items_dataset_type', ['dataset_id', 'question_type'], unique=False)
         batch_op.create_index('ix_items_external_id', ['external_id'], unique=False)
@@ -228,6 +229,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_items_external_id')
         batch_op.drop_index('ix_items_dataset_type')
         batch_op.drop_index('ix_items_dataset_status')
+        batch_op.drop_index('ix_items_dataset_id')
 
     op.drop_table('items')
     with op.batch_alter_table('runs', schema=None) as batch_op:
