@@ -285,8 +285,9 @@ class RunExecutor:
         self.worker_id = worker.worker_id
         self.queue: asyncio.Queue[ItemJob] = asyncio.Queue()
         self.busy: dict[asyncio.Task[None], ItemJob] = {}
-        self.claimed: set[int] = set()  # filled by the writer thread as claims commit
-        self.settled: set[int] = set()  # outcome handed to the writer
+        # Claimed items whose outcome has not been handed to the writer yet: added by the
+        # writer thread as a claim commits, removed here; released when the executor stops.
+        self.unsettled: set[int] = set()
         self.stop_mode: str | None = None
         self.fail_message: str | None = None
         self._stop_requested = asyncio.Event()
@@ -350,7 +351,7 @@ class RunExecutor:
         def settle(session: Session) -> None:
             # In the writer, after any claim still queued; one transaction, so whoever sees
             # the run failed also sees its items pending.
-            work_queue.release_items(session, self.worker_id, sorted(self.claimed - self.settled))
+            work_queue.release_items(session, self.worker_id, sorted(self.unsettled.copy()))
             if message:
                 work_queue.set_run_status(session, self.run_id, RunStatus.FAILED, message)
 
@@ -424,7 +425,7 @@ class RunExecutor:
         # meanwhile is still released when the executor stops.
         claimed = work_queue.claim_items(session, self.run_id, self.worker_id,
                                          self.settings.batch_size)
-        self.claimed.update(c.item_id for c in claimed)
+        self.unsettled.update(c.item_id for c in claimed)
         return claimed
 
     def _prepare_jobs(self, claimed: list[work_queue.ClaimedItem]) -> list[ItemJob]:
@@ -514,7 +515,7 @@ class RunExecutor:
                     failures=[AttemptFailure("internal", Step.ANSWER, safe_message(exc))],
                 )
             self.busy.pop(task, None)
-            self.settled.add(job.item_id)
+            self.unsettled.discard(job.item_id)
             self.writer.outcome(self.run_id, self.worker_id, outcome)
             self._room.set()
 
