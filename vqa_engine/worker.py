@@ -122,19 +122,22 @@ _STOP = object()
 class ResultWriter:
     """The worker's only database writer: a thread committing queued work in batches.
 
-    A batch is what arrives within `linger` seconds of its first op (20 ms: a transaction
-    per request would cost more than the request); a command starts its batch at once. Data
-    (ledger records,
+    Under load (the previous batch held `busy_batch` ops or more) a batch is what arrives
+    within `linger` seconds of its first op (20 ms: a transaction per request would cost
+    more than the request); otherwise, and for commands, it is whatever is queued now, so a
+    response is durable within milliseconds when requests are few. Data (ledger records,
     item outcomes, usage) is applied in one transaction per batch;
     commands (claims, status changes) run each in their own transaction, after the data that
     was queued before them, and resolve an asyncio future with their result.
     """
 
     def __init__(self, database: Database, *, max_batch: int = 5000,
-                 linger: float = 0.02) -> None:
+                 linger: float = 0.02, busy_batch: int = 16) -> None:
         self.database = database
         self.max_batch = max_batch
         self.linger = linger
+        self.busy_batch = busy_batch
+        self._busy = False
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.batches = 0
@@ -175,7 +178,8 @@ class ResultWriter:
         """The next batch: whatever arrives within `linger` of the first op, cut short by a
         command (someone is waiting for it) or the stop marker."""
         first = self._queue.get()
-        if not isinstance(first, _Command) and first is not _STOP and self.linger > 0:
+        if (self._busy and self.linger > 0 and not isinstance(first, _Command)
+                and first is not _STOP):
             # Sleep rather than wait on the queue: a wake-up per queued op would cost the
             # event loop a GIL hand-off each time.
             time.sleep(self.linger)
@@ -185,6 +189,7 @@ class ResultWriter:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
+        self._busy = len(batch) >= self.busy_batch
         return batch
 
     def _run(self) -> None:
