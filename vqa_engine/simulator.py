@@ -101,6 +101,8 @@ def parse_faults(text: str) -> dict[str, float]:
 
 @dataclass
 class SimulatorStats:
+    """Counters kept by the server's loop; read them from other threads once requests settle."""
+
     requests: int = 0
     by_role: Counter[str] = field(default_factory=Counter)
     by_outcome: Counter[str] = field(default_factory=Counter)
@@ -110,7 +112,7 @@ class SimulatorStats:
 
     def repeated(self) -> dict[str, int]:
         """Request bodies received more than once (hash -> count)."""
-        return {digest: count for digest, count in self.bodies.items() if count > 1}
+        return {digest: count for digest, count in dict(self.bodies).items() if count > 1}
 
     def snapshot(self) -> dict[str, Any]:
         return {
