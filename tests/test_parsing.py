@@ -147,7 +147,7 @@ any_text = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(any_text)
 def test_parse_answer_never_raises_anything_but_format_error(text):
     try:
@@ -159,7 +159,7 @@ def test_parse_answer_never_raises_anything_but_format_error(text):
     assert parsed.answer.strip() and parsed.answer.strip().lower() not in {"null", "none", "n/a"}
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(any_text)
 def test_parse_distractors_never_raises_anything_but_format_error(text):
     try:
