@@ -606,3 +606,11 @@ def test_encoded_request_is_exactly_the_json_body():
     for request in (ChatRequest('say "hi" \\ 中文 \x00', IMAGE, system="sys"),
                     ChatRequest("no image", None)):
         assert json.loads(client.encode_request(request)) == client.request_body(request)
+
+
+async def test_credentials_in_the_base_url_are_not_shown(serve):
+    script = await serve(status(404, {"error": {"message": "no"}}))
+    with_password = script.url.replace("http://", "http://curator:hunter2secret@")
+    error = await failure(config_for(script, endpoint=Endpoint(base_url=with_password,
+                                                               model="m")))
+    assert "hunter2secret" not in str(error) and "http://***@127.0.0.1" in str(error)

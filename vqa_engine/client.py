@@ -25,6 +25,7 @@ import random
 import re
 import secrets
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -127,6 +128,14 @@ def normalize_model_name(name: str) -> str:
     return stripped.rsplit("/", 1)[-1].lower() if stripped else stripped
 
 
+def url_without_credentials(url: str) -> str:
+    """`http://user:secret@host/v1` -> `http://***@host/v1`, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 def image_size_text(image: bytes | None) -> str:
     if image is None:
         return "no image"
@@ -214,6 +223,7 @@ class VLMClient:
         self.config = config
         self.endpoint = config.endpoint
         self.url = config.endpoint.base_url.rstrip("/") + "/chat/completions"
+        self.shown_url = url_without_credentials(self.url)
         self.model = (normalize_model_name(config.endpoint.model) if config.normalize_model
                       else config.endpoint.model)
         self.limiter = AdaptiveLimiter(config.concurrency)
@@ -392,7 +402,7 @@ class VLMClient:
     # -- classification ----------------------------------------------------------------
 
     def _message(self, cause: str, image: bytes | None, fix: str) -> str:
-        return (f"{cause}: POST {self.url} (model {self.model}, {image_size_text(image)}, "
+        return (f"{cause}: POST {self.shown_url} (model {self.model}, {image_size_text(image)}, "
                 f"key {self.endpoint.masked_key}); {fix}")
 
     def _scrub(self, text: str) -> str:
