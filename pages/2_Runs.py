@@ -102,7 +102,7 @@ def _run_controls(progress: RunProgress) -> None:
     if status.is_active and cols[0].button("Pause", icon=":material/pause:", key="run_pause"):
         with feedback.reported():
             pause_run(database, progress.run_id)
-        st.rerun(scope="fragment")
+        st.rerun()
     if status in (RunStatus.PAUSED, RunStatus.FAILED) and cols[0].button(
         "Resume", icon=":material/play_arrow:", key="run_resume"
     ):

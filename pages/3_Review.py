@@ -95,25 +95,32 @@ ANY = 0  # "any run"; None would read as "nothing selected" to the widget
 if st.session_state.get("review_run") not in (ANY, *run_ids):
     st.session_state["review_run"] = ANY
 
+def _filters_changed() -> None:
+    """A new filter shows its own first item, not the one the old filter led to."""
+    if ITEM_PARAM in st.query_params:
+        del st.query_params[ITEM_PARAM]
+
+
 columns = st.columns([3, 2, 1, 1, 2, 2])
 statuses = columns[0].multiselect(
-    "Status", list(ItemStatus), format_func=lambda s: STATUS_LABELS[s], key="review_status",
+    "Status", list(ItemStatus), format_func=lambda s: STATUS_LABELS[s], key="review_status", on_change=_filters_changed,
     placeholder="any status",
 )
 types = columns[1].multiselect(
     "Type", list(QuestionType), format_func=lambda t: t.value.replace("_", " "),
-    key="review_types", placeholder="any type",
+    key="review_types", placeholder="any type", on_change=_filters_changed,
 )
 run_choice = columns[2].selectbox(
     "Run", [ANY, *run_ids], format_func=lambda r: "any" if r == ANY else f"run {r}",
-    key="review_run",
+    key="review_run", on_change=_filters_changed,
 )
 flag_choice = columns[3].selectbox(
     "Flag", ["", ANY_FLAG, *flags],
     format_func=lambda f: "any" if not f else ("flagged" if f == ANY_FLAG else f),
-    key="review_flag",
+    key="review_flag", on_change=_filters_changed,
 )
-text = columns[4].text_input("Search", key="review_text", placeholder="question, answer or id")
+text = columns[4].text_input("Search", key="review_text", placeholder="question, answer or id",
+                             on_change=_filters_changed)
 view = columns[5].segmented_control("View", [CARD, TABLE], key="review_view") or CARD
 
 item_filter = ItemFilter(
@@ -234,8 +241,20 @@ def _regenerate(item_id: int, version: int) -> None:
     _act(f"Item {item_id}: new {what} requested; the card updates when it lands.", call)
 
 
-@st.dialog("Edit item", width="large")
+_EDITING = "review_editing"
+
+
+def _close_editor() -> None:
+    st.session_state.pop(_EDITING, None)
+
+
+def _open_editor(item_id: int, version: int) -> None:
+    st.session_state[_EDITING] = (item_id, version)
+
+
+@st.dialog("Edit item", width="large", on_dismiss=_close_editor)
 def edit_dialog(item_id: int, version: int) -> None:
+    """Open while session state says so, so it survives reruns of the whole page."""
     with database.read() as session:
         detail = item_detail(session, item_id)
     if detail is None:
@@ -246,8 +265,9 @@ def edit_dialog(item_id: int, version: int) -> None:
     letter_now = generation.correct_letter if generation else None
     st.text(item.question)
     multiple_choice = item.question_type is QuestionType.MULTIPLE_CHOICE
+    suffix = f"{item_id}_{version}"
     answer = st.text_input(
-        "Correct answer",
+        "Correct answer", key=f"edit_answer_{suffix}",
         value=(options.get(letter_now) if letter_now in options else None)
         or (generation.answer if generation else "") or "",
     )
@@ -255,16 +275,19 @@ def edit_dialog(item_id: int, version: int) -> None:
     letter: str | None = None
     if multiple_choice:
         current = [str(text) for key, text in options.items() if key != letter_now]
-        raw = st.text_area("Distractors, one per line", value="\n".join(current), height=140)
+        raw = st.text_area("Distractors, one per line", value="\n".join(current), height=140,
+                           key=f"edit_distractors_{suffix}")
         distractor_lines = [line.strip() for line in raw.splitlines() if line.strip()]
         letters = list(LETTERS[: len(distractor_lines) + 1])
         index = letters.index(letter_now) if letter_now in letters else 0
-        letter = st.radio("Correct letter", letters, index=index, horizontal=True)
+        letter = st.radio("Correct letter", letters, index=index, horizontal=True,
+                          key=f"edit_letter_{suffix}")
     explanation = st.text_area(
-        "Explanation", value=(generation.explanation if generation else "") or "", height=100
+        "Explanation", value=(generation.explanation if generation else "") or "", height=100,
+        key=f"edit_explanation_{suffix}",
     )
-    reason = st.text_input("Reason (optional, kept in the history)")
-    if st.button("Save edit", type="primary", icon=":material/save:"):
+    reason = st.text_input("Reason (optional, kept in the history)", key=f"edit_reason_{suffix}")
+    if st.button("Save edit", type="primary", icon=":material/save:", key="edit_save"):
         try:
             review.edit(
                 database, item_id, curator=page.curator, expected_version=version,
@@ -275,11 +298,13 @@ def edit_dialog(item_id: int, version: int) -> None:
                 reason=reason or None,
             )
         except ConflictError as exc:
+            _close_editor()
             feedback.tell("error", str(exc))
             st.rerun()
         except VQAError as exc:
             st.error(str(exc))
         else:
+            _close_editor()
             feedback.tell("success", f"Item {item_id} edited.")
             st.rerun()
 
@@ -343,9 +368,9 @@ def card_view() -> None:
         st.button("Reshuffle", icon=":material/shuffle:", shortcut="S", key="review_reshuffle",
                   disabled=no_curator or not decided or not multiple_choice,
                   on_click=_reshuffle, args=(item.id, version))
-        if st.button("Edit", icon=":material/edit:", shortcut="E", key="review_edit",
-                     disabled=no_curator or item.status is ItemStatus.GENERATING):
-            edit_dialog(item.id, version)
+        st.button("Edit", icon=":material/edit:", shortcut="E", key="review_edit",
+                  disabled=no_curator or item.status is ItemStatus.GENERATING,
+                  on_click=_open_editor, args=(item.id, version))
         st.toggle("Next item after accept / reject", key="review_advance", value=True)
 
     regeneratable = item.status in review.REGENERATABLE
@@ -373,6 +398,12 @@ def card_view() -> None:
                 st.text_input("API key for the regeneration (kept in memory only)",
                               type="password", key=f"review_key_{item.id}",
                               help=target.key_missing)
+
+    editing = st.session_state.get(_EDITING)
+    if editing and editing[0] == item.id:
+        edit_dialog(*editing)
+    elif editing:
+        _close_editor()
 
     if item.status in (ItemStatus.PENDING, ItemStatus.GENERATING):
         watch_item(item.id, version)

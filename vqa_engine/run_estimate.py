@@ -87,10 +87,10 @@ def estimate_run(
             wanted = list(dict.fromkeys(item_ids or ()))
             for start in range(0, len(wanted), _IN_CHUNK):
                 chunk = wanted[start : start + _IN_CHUNK]
-                groups.extend(session.execute(base.where(Item.id.in_(chunk))).tuples())
+                groups.extend(tuple(row) for row in session.execute(base.where(Item.id.in_(chunk))))
         else:
             statement = base.where(Item.status.in_(SELECTION_STATUSES[selection]))
-            groups.extend(session.execute(statement).tuples())
+            groups.extend(tuple(row) for row in session.execute(statement))
     counts = {t: 0 for t in QuestionType}
     requests = tokens = 0
     for question_type, width, height, count in groups:
