@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -157,7 +158,8 @@ def measure_reruns(database: Database, item_filter: ItemFilter, count: int, firs
     rng = random.Random(7)
     timings: dict[str, list[float]] = {name: [] for name in
                                        ("item_detail", "list_items", "count_items",
-                                        "neighbours", "status_counts", "rerun")}
+                                        "neighbours", "status_counts", "rerun",
+                                        "rerun_cpu")}
 
     def timed(name: str, call: Callable[[], object]) -> None:
         started = time.perf_counter()
@@ -170,7 +172,7 @@ def measure_reruns(database: Database, item_filter: ItemFilter, count: int, firs
         item_id = first_id + rng.randrange(count)
         # any page of the filtered table, or the first one (what a new search shows)
         offset = 0 if first_page else rng.randrange(0, max(matching, 1), 50)
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         with database.read() as session:
             timed("item_detail", lambda: item_detail(session, item_id))
             timed("list_items", lambda: list_items(session, item_filter, offset=offset, limit=50))
@@ -178,12 +180,13 @@ def measure_reruns(database: Database, item_filter: ItemFilter, count: int, firs
             timed("neighbours", lambda: neighbours(session, item_filter, item_id))
             timed("status_counts", lambda: status_counts(session, dataset_id))
         timings["rerun"].append((time.perf_counter() - started) * 1000)
+        timings["rerun_cpu"].append((time.process_time() - started_cpu) * 1000)
     return timings
 
 
 def print_timings(title: str, timings: dict[str, list[float]]) -> None:
     print(f"\n{title}")
-    print(f"  {'query':<14} {'median ms':>10} {'p95 ms':>10}")
+    print(f"  {'query':<14} {'median ms':>10} {'p95 ms':>10}   (rerun_cpu: process CPU time)")
     for name, values in timings.items():
         print(f"  {name:<14} {statistics.median(values):>10.1f} {_percentile(values, 0.95):>10.1f}")
 
@@ -201,16 +204,25 @@ def _child(dataset_id: int, out: Path, fmt: str) -> None:
     from vqa_engine.export import ExportFormat, ExportSelection, export_dataset
 
     database = open_database(upgrade=False)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    startup = resource.getrusage(resource.RUSAGE_SELF)
+    baseline, startup_cpu = startup.ru_maxrss, startup.ru_utime + startup.ru_stime
     if dataset_id == 0:
         print(json.dumps({"baseline_rss_mb": baseline / 1024}))
         return
+    traced = fmt.endswith("+trace")
+    fmt = fmt.removesuffix("+trace")
+    if traced:
+        tracemalloc.start()
     summary = export_dataset(database, dataset_id, out, fmt=ExportFormat(fmt),
                              selection=ExportSelection.ALL)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    heap_peak = tracemalloc.get_traced_memory()[1] if traced else 0
+    tracemalloc.stop()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak = usage.ru_maxrss
     print(json.dumps({"items": summary.items, "seconds": summary.seconds,
+                      "cpu_seconds": usage.ru_utime + usage.ru_stime - startup_cpu,
                       "mb": summary.bytes / 1e6, "baseline_rss_mb": baseline / 1024,
-                      "peak_rss_mb": peak / 1024}))
+                      "peak_rss_mb": peak / 1024, "heap_peak_mb": heap_peak / 1e6}))
 
 
 def main() -> None:
@@ -265,12 +277,14 @@ def main() -> None:
              ItemFilter(dataset_id=large, text="kitchen"), None, False),
         ]
         print(f"\nwhole rerun by filter ({args.samples // 2} random items each)")
-        print(f"  {'filter':<42} {'median ms':>10} {'p95 ms':>10}")
+        print(f"  {'filter':<42} {'median ms':>10} {'p95 ms':>10} {'CPU median':>11}")
         for label, item_filter, cap, first_page in shapes:
-            rerun = measure_reruns(database, item_filter, args.items, 1, args.samples // 2,
-                                   cap=cap, first_page=first_page)["rerun"]
+            timings = measure_reruns(database, item_filter, args.items, 1, args.samples // 2,
+                                     cap=cap, first_page=first_page)
+            rerun = timings["rerun"]
             print(f"  {label:<42} {statistics.median(rerun):>10.1f} "
-                  f"{_percentile(rerun, 0.95):>10.1f}")
+                  f"{_percentile(rerun, 0.95):>10.1f} "
+                  f"{statistics.median(timings['rerun_cpu']):>11.1f}")
         database.close()
 
         print("\nfull exports (selection=all), each in a fresh process:")
@@ -281,8 +295,14 @@ def main() -> None:
                                        ("large", large, "jsonl"), ("small", small, "parquet"),
                                        ("large", large, "parquet")):
             result = export_in_child(url, data, dataset_id, data / f"{label}.{fmt}", fmt)
-            print(f"  {fmt:<8} {int(result['items']):>7,} items: {result['seconds']:5.1f} s, "
+            print(f"  {fmt:<8} {int(result['items']):>7,} items: {result['seconds']:5.1f} s "
+                  f"({result['cpu_seconds']:4.1f} s CPU), "
                   f"{result['mb']:6.1f} MB written, peak RSS {result['peak_rss_mb']:.1f} MB")
+        print("\nPython heap peak during a JSON export (tracemalloc; slower, so not timed):")
+        for label, dataset_id, size in (("small", small, args.small), ("large", large, args.items)):
+            result = export_in_child(url, data, dataset_id, data / f"{label}-traced.json",
+                                     "json+trace")
+            print(f"  {size:>7,} items: {result['heap_peak_mb']:.2f} MB")
     finally:
         if args.keep:
             print(f"\nkept {data}")
