@@ -137,7 +137,7 @@ def _progress_body(run_id: int) -> RunProgress | None:
         text=(
             f"{progress.done} of {progress.total} items "
             f"({progress.generated} generated, {progress.failed} failed, "
-            f"{progress.in_progress} in flight, {progress.pending} waiting)"
+            f"{progress.in_progress} in progress, {progress.pending} waiting)"
         ),
     )
     if progress.message and status is not RunStatus.RUNNING:

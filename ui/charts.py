@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from db.models import ItemStatus
+from vqa_engine.records import LETTERS
 
 STATUS_COLOURS = {
     ItemStatus.PENDING: "#b0b7c3",
@@ -51,8 +52,10 @@ def status_chart(rows: Mapping[str, Mapping[ItemStatus, int]], *, height: int | 
 
 
 def letter_chart(histogram: Mapping[str, int]) -> None:
-    """How often each letter is the correct one."""
+    """How often each letter is the correct one; letters never correct show as zero."""
+    last = max((LETTERS.index(letter) for letter in histogram if letter in LETTERS), default=-1)
+    letters = list(LETTERS[: last + 1]) + sorted(set(histogram) - set(LETTERS))
     frame = pd.DataFrame(
-        {"correct letter": list(histogram), "items": list(histogram.values())}
+        {"correct letter": letters, "items": [histogram.get(letter, 0) for letter in letters]}
     )
     st.bar_chart(frame, x="correct letter", y="items", sort=False, height=220)
