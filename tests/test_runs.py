@@ -490,3 +490,24 @@ def test_regenerating_distractors_keeps_the_answer_and_reuses_the_open_run(
     assert simulator.stats.by_role["answer"] - requests["answer"] in (1,)  # only item 1
     assert simulator.stats.by_role["distractors"] - requests["distractors"] == 2
     assert {i.status for i in after} == {ItemStatus.GENERATED}
+
+
+def test_a_key_from_the_environment_is_read_again_when_the_run_resumes(
+    database: Database, data_dir: Path, host_factory: Callable[..., EngineHost],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dataset = seed_dataset(database, data_dir, multiple_choice=2)
+    with SimulatorServer(SimulatorConfig(latency_ms=1, api_key="sk-env-key-5555")) as server:
+        endpoint = Endpoint(base_url=server.base_url, model="m", api_key="sk-env-key-5555",
+                            key_source="environment variable BENCH_VLM_KEY")
+        run_id = start_run(database, dataset, endpoint, settings())
+        host_factory()  # this process has no BENCH_VLM_KEY: the run cannot start
+        progress = wait_for(database, run_id, lambda p: p.status is RunStatus.PAUSED, timeout=5)
+        assert "environment variable BENCH_VLM_KEY" in (progress.message or "")
+        assert server.stats.requests == 0
+
+        monkeypatch.setenv("BENCH_VLM_KEY", "sk-env-key-5555")
+        assert resume_run(database, run_id)
+        progress = wait_for(database, run_id, finished)
+        assert server.stats.by_outcome["401"] == 0
+    assert progress.status is RunStatus.COMPLETED and progress.generated == 2

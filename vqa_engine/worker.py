@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 from db.engine import Database
 from db.models import QuestionType, Run, RunStatus
 from vqa_engine.client import ClientConfig, VLMClient
-from vqa_engine.errors import AuthenticationError, EndpointError, FormatError
+from vqa_engine.errors import AuthenticationError, ConfigError, EndpointError, FormatError
 from vqa_engine.generator import (
     AttemptFailure,
     ItemGenerator,
@@ -653,9 +653,11 @@ class Worker:
                 await self.reclaim(run_id)
 
     def _find_key(self, run_id: int, config: dict[str, Any]) -> str | None | _MissingKey:
+        """The run's key: read again from its origin (so a key fixed in the environment or
+        secrets.toml is picked up on resume), or the one handed to the host (run form)."""
         given = self.keys.get(run_id)
-        if given and not is_placeholder_key(given):
-            return given
+        if given and is_placeholder_key(given):
+            given = None
         origin = KeyOrigin.from_config(config)
         if origin.kind == "none":
             return None
@@ -663,17 +665,20 @@ class Worker:
             value = os.environ.get(origin.name)
             if value and not is_placeholder_key(value):
                 return value
-            return _MissingKey(
+            return given or _MissingKey(
                 f"the API key came from environment variable {origin.name}, which is not set "
                 "in the process running the engine; set it there and resume the run")
         if origin.kind == "secret" and origin.name:
-            value = read_secrets().get(origin.name)
+            try:
+                value = read_secrets().get(origin.name)
+            except ConfigError as exc:
+                return given or _MissingKey(str(exc))
             if value is not None and not is_placeholder_key(str(value)):
                 return str(value)
-            return _MissingKey(
+            return given or _MissingKey(
                 f"the API key came from the secrets.toml entry {origin.name}, which is missing "
                 "now; add it to .streamlit/secrets.toml and resume the run")
-        return _MissingKey(
+        return given or _MissingKey(
             "the API key was entered in the run form and is kept only in memory, so it was "
             "lost when the engine restarted; enter it again and resume the run")
 
