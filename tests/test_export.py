@@ -374,3 +374,50 @@ def test_export_reads_a_consistent_snapshot_on_postgresql(
     assert summary.items == 5
     assert [row["id"] for row in pq.read_table(out).to_pylist()] == [f"q{i}" for i in range(5)]
     assert export_preview(postgres_database, dataset_id) == (5, {"B": 5})
+
+
+def test_an_ingested_file_round_trips_its_extra_fields_through_review_and_export(
+    database: Database, data_dir: Path, tmp_path: Path,
+) -> None:
+    from vqa_engine import review
+    from vqa_engine.ingest import ingest_dataset
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "cat.jpg").write_bytes(jpeg_bytes((250, 10, 10), size=32))
+    rows = [
+        {"id": "a1", "question": "What animal is this?", "question_type": "multiple_choice",
+         "image": "cat.jpg", "split": "val", "weight": 0.125, "labels": ["pet", "mammal"],
+         "meta": {"annotator": "Zoë", "reviewed": False, "note": None}, "big": 2**53},
+        {"id": "a2", "question": "How many ears? ___", "question_type": "fill_in_blank",
+         "image": "cat.jpg", "split": "test"},
+    ]
+    questions = source / "questions.jsonl"
+    questions.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n",
+                         encoding="utf-8")
+    summary = ingest_dataset(database, questions, [source / "cat.jpg"], "ingested", workers=1)
+
+    from sqlalchemy import select
+
+    from db.models import Item
+
+    with database.read() as session:
+        items = list(session.scalars(select(Item).where(Item.dataset_id == summary.dataset_id)
+                                     .order_by(Item.id)))
+    for item, answer, distractors in ((items[0], "cat", ["dog", "fox"]), (items[1], "2", None)):
+        edited = review.edit(database, item.id, curator="alice", expected_version=item.version,
+                             answer=answer, distractors=distractors)
+        review.accept(database, item.id, curator="alice", expected_version=edited.version)
+
+    out = tmp_path / "ingested.json"
+    export_dataset(database, summary.dataset_id, out)
+    exported = load_json(out)
+    assert [r["id"] for r in exported] == ["a1", "a2"]
+    for record, row in zip(exported, rows, strict=True):
+        for name, value in row.items():
+            if name not in ("id", "question", "question_type", "image"):
+                assert record[name] == value, name
+        assert record["image"] == "cat.jpg" and record["question"] == row["question"]
+    assert exported[0]["correct_option"] == "cat"
+    assert exported[0]["options"][exported[0]["answer"]] == "cat"
+    assert exported[1]["answer"] == "2"
