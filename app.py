@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from db.models import ItemStatus, RunStatus
-from db.queries import recent_runs
+from db.queries import dataset_overview, recent_runs
 from ui.bootstrap import bootstrap
 from ui.charts import STATUS_LABELS, status_chart
 
@@ -29,11 +29,12 @@ if not page.datasets:
 
 with page.database.read() as session:
     runs = recent_runs(session, limit=10)
+    datasets = dataset_overview(session)  # fresh counts here, not the sidebar's cached ones
 
-totals = {status: sum(d.counts.get(status, 0) for d in page.datasets) for status in ItemStatus}
+totals = {status: sum(d.counts.get(status, 0) for d in datasets) for status in ItemStatus}
 active = [run for run in runs if run.status.is_active or run.status is RunStatus.PAUSED]
 metrics = st.columns(5)
-metrics[0].metric("Datasets", len(page.datasets))
+metrics[0].metric("Datasets", len(datasets))
 metrics[1].metric("Items", sum(totals.values()))
 metrics[2].metric("To review", totals[ItemStatus.GENERATED])
 metrics[3].metric("Accepted", totals[ItemStatus.ACCEPTED])
@@ -59,7 +60,7 @@ for run in runs:
             icon=":material/error:",
             query_params={"dataset": str(run.dataset_id), "run": str(run.id)},
         )
-for dataset in page.datasets:
+for dataset in datasets:
     if dataset.needs_review:
         attention += 1
         st.page_link(
@@ -89,7 +90,7 @@ if not attention:
     st.success("Nothing waiting: every item is reviewed.", icon=":material/task_alt:")
 
 st.subheader("Datasets")
-status_chart({d.name: d.counts for d in page.datasets})
+status_chart({d.name: d.counts for d in datasets})
 st.dataframe(
     pd.DataFrame(
         [
@@ -100,7 +101,7 @@ st.dataframe(
                 "last run": f"{d.last_run.id} ({d.last_run.status.value})" if d.last_run else "",
                 "created": d.created_at,
             }
-            for d in page.datasets
+            for d in datasets
         ]
     ),
     hide_index=True,

@@ -11,6 +11,7 @@ import streamlit as st
 from db.models import QuestionType
 from ui import feedback
 from ui.bootstrap import bootstrap
+from ui.resources import dataset_list
 from ui.sidebar import choose_dataset
 from vqa_engine.errors import IngestError, InputError, Problem, VQAError
 from vqa_engine.images import EXTENSIONS
@@ -239,6 +240,7 @@ if st.button("Import", type="primary", icon=":material/file_upload:", disabled=n
             "duplicates_skipped": summary.duplicates_skipped,
             "seconds": summary.seconds,
         }
+        dataset_list.clear()
         choose_dataset(summary.dataset_id)
         _next_round()
         st.rerun()

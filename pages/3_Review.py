@@ -17,7 +17,6 @@ from db.queries import (
     ItemDetail,
     ItemFilter,
     count_items,
-    flag_names,
     item_detail,
     list_items,
     neighbours,
@@ -26,6 +25,7 @@ from ui import feedback
 from ui.bootstrap import bootstrap
 from ui.charts import STATUS_LABELS
 from ui.item_card import render_history, render_item_card
+from ui.resources import flag_choices
 from vqa_engine import review
 from vqa_engine.errors import ConfigError, ConflictError, VQAError
 from vqa_engine.records import LETTERS
@@ -36,6 +36,7 @@ ITEM_PARAM = "item"
 STATUS_PARAM = "status"
 RUN_PARAM = "run"
 PAGE_SIZE = 50
+COUNT_CAP = 10_000  # beyond this the card says "10,000+" instead of counting every match
 CARD, TABLE = "Card", "Table"
 log = logging.getLogger("vqa_curator.ui")
 
@@ -88,8 +89,7 @@ _seed_from_link(RUN_PARAM, "review_run", int)
 st.session_state.setdefault("review_status", [ItemStatus.GENERATED])
 st.session_state.setdefault("review_view", CARD)
 
-with database.read() as session:
-    flags = flag_names(session, dataset_id)
+flags = flag_choices(database.url, dataset_id)
 run_ids = [run.id for run in list_runs(database, dataset_id, limit=50)]
 ANY = 0  # "any run"; None would read as "nothing selected" to the widget
 if st.session_state.get("review_run") not in (ANY, *run_ids):
@@ -338,13 +338,14 @@ def card_view() -> None:
     item = detail.item
     with database.read() as session:
         previous_id, next_id = neighbours(session, item_filter, item.id)
-        matching = count_items(session, item_filter)
+        matching = count_items(session, item_filter, cap=COUNT_CAP)
         entries = review.history(session, item.id)
 
     nav = st.columns([1, 4, 1])
     nav[0].button("Previous", icon=":material/arrow_back:", shortcut="P", key="review_previous",
                   disabled=previous_id is None, on_click=_go, args=(previous_id,))
-    nav[1].caption(f"{matching} item(s) match the filter.")
+    shown = f"{COUNT_CAP:,}+" if matching >= COUNT_CAP else str(matching)
+    nav[1].caption(f"{shown} item(s) match the filter.")
     nav[2].button("Next", icon=":material/arrow_forward:", shortcut="N", key="review_next",
                   disabled=next_id is None, on_click=_go, args=(next_id,))
 

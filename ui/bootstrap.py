@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from db.engine import Database, data_dir, database_url
-from db.queries import DatasetOverview, dataset_overview
+from db.queries import DatasetOverview
 from ui import feedback, sidebar
-from ui.resources import demo_simulator, engine_host, shared_database
+from ui.resources import dataset_list, demo_simulator, engine_host, shared_database
 from vqa_engine.errors import VQAError
 
 if TYPE_CHECKING:
@@ -81,8 +81,7 @@ def bootstrap(
         )
         st.stop()
 
-    with database.read() as session:
-        datasets = dataset_overview(session)
+    datasets = dataset_list(url)
     preferred = prefer_dataset(database) if prefer_dataset else None
 
     # Our own navigation (config: client.showSidebarNavigation = false), so the home page

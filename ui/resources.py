@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from db.engine import Database, open_database
+from db.queries import DatasetOverview, dataset_overview, flag_names
 
 if TYPE_CHECKING:
     from vqa_engine.host import EngineHost
@@ -88,3 +89,22 @@ def _stop_simulator(simulator: DemoSimulator) -> None:
 @st.cache_resource(show_spinner=False, on_release=_stop_simulator)
 def demo_simulator() -> DemoSimulator:
     return DemoSimulator()
+
+
+@st.cache_data(ttl=5, show_spinner=False, max_entries=16)
+def dataset_list(url: str) -> list[DatasetOverview]:
+    """Datasets with their counts for the sidebar, at most a few seconds old.
+
+    Every rerun of every page draws the sidebar; the grouped count behind it costs tens of
+    milliseconds on 100,000 items, so it is shared by all sessions for a moment. Pages that
+    create a dataset call `dataset_list.clear()`.
+    """
+    with shared_database(url).read() as session:
+        return dataset_overview(session)
+
+
+@st.cache_data(ttl=30, show_spinner=False, max_entries=64)
+def flag_choices(url: str, dataset_id: int) -> list[str]:
+    """Quality-flag names of a dataset for the review filter (new flags show within 30 s)."""
+    with shared_database(url).read() as session:
+        return flag_names(session, dataset_id)
