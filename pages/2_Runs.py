@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -19,6 +20,7 @@ from vqa_engine.prompt_store import current_prompts
 from vqa_engine.run_estimate import estimate_run
 from vqa_engine.runs import (
     ItemSelection,
+    KeyOrigin,
     RunProgress,
     RunSettings,
     cancel_run,
@@ -35,6 +37,7 @@ RUN_PARAM = "run"
 MAX_SAMPLES = 600
 FILTER_LIMIT = 100_000
 _SAMPLES = "run_samples"
+_CONFIGS = "run_configs"
 
 page = bootstrap("Runs", icon=":material/play_arrow:")
 st.title("Runs")
@@ -96,7 +99,40 @@ def _record_sample(progress: RunProgress) -> pd.DataFrame:
     return pd.DataFrame(series)
 
 
+def _run_config(run_id: int, dataset: int) -> dict[str, Any]:
+    """A run's stored configuration (it never changes, so this tab keeps it)."""
+    configs: dict[int, dict[str, Any]] = st.session_state.setdefault(_CONFIGS, {})
+    if run_id not in configs:
+        run = next((r for r in list_runs(database, dataset, limit=500) if r.id == run_id), None)
+        configs[run_id] = dict(run.config or {}) if run is not None else {}
+    return configs[run_id]
+
+
+def _key_again(progress: RunProgress, config: dict[str, Any]) -> None:
+    """A key typed into the run form lives in memory only: after a restart, ask again."""
+    if KeyOrigin.from_config(config).kind != "form" or page.host is None:
+        return
+    if page.host.has_key(progress.run_id):
+        return
+    st.warning(
+        f"Run {progress.run_id} used an API key typed into its run form; it is kept only in "
+        "memory and this server no longer has it. Type it again to resume the run.",
+        icon=":material/key:",
+    )
+    key = st.text_input("API key for this run", type="password", key=f"run_key_{progress.run_id}")
+    if st.button("Resume with this key", key="run_resume_with_key", disabled=not key):
+        with feedback.reported():
+            page.host.provide_key(progress.run_id, key)
+            resume_run(database, progress.run_id)
+        st.rerun()
+
+
 def _run_controls(progress: RunProgress) -> None:
+    config = _run_config(progress.run_id, progress.dataset_id)
+    with st.expander("Configuration (no secrets)", icon=":material/tune:"):
+        st.json(config, expanded=1)
+    if progress.status in (RunStatus.PAUSED, RunStatus.FAILED):
+        _key_again(progress, config)
     cols = st.columns([1, 1, 1, 4])
     status = progress.status
     if status.is_active and cols[0].button("Pause", icon=":material/pause:", key="run_pause"):

@@ -12,6 +12,7 @@ else a curator does is done here through the widgets themselves.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -326,6 +327,42 @@ def test_test_connection_reports_latency_or_the_exact_problem(
     assert SECRET not in texts(at)
 
 
+def test_a_run_form_key_lost_by_a_restart_is_asked_for_again(
+    app_env: Path, database: Database, simulator: SimulatorServer
+) -> None:
+    from db.engine import database_url
+    from ui.resources import engine_host
+    from vqa_engine.runs import pause_run
+
+    simulator.reconfigure(latency_ms=300.0, jitter_ms=0.0)
+    dataset_id = seed_demo(database, app_env)
+    at = open_page("pages/2_Runs.py", dataset=str(dataset_id))
+    at.selectbox(key="run_endpoint_choice").set_value("custom")
+    rerun(at)
+    at.text_input(key="run_custom_url").set_value(simulator.base_url)
+    at.text_input(key="run_custom_key").set_value(SECRET)
+    rerun(at)
+    at.button(key="run_start").click()
+    rerun(at)
+    host = engine_host(database_url())
+    assert host is not None and host.has_key(1)
+    pause_run(database, 1)
+    host.forget_key(1)  # what a restart of the server does to a key typed into a form
+    rerun(at)
+    assert any("no longer has it" in w.value for w in at.warning)
+    at.text_input(key="run_key_1").set_value(SECRET)
+    rerun(at)
+    at.button(key="run_resume_with_key").click()
+    rerun(at)
+    assert host.has_key(1)
+    simulator.reconfigure(latency_ms=2.5, jitter_ms=2.5)
+    wait_for(lambda: run_progress(database, 1).status is RunStatus.COMPLETED)
+    assert SECRET not in texts(at)
+    database.close()
+    for path in app_env.glob("vqa.db*"):
+        assert SECRET.encode() not in path.read_bytes()
+
+
 # ------------------------------------------------------------------ review
 
 
@@ -458,6 +495,32 @@ def test_an_action_on_a_stale_card_is_refused_and_the_fresh_item_shown(
     assert item_row(database, item.id).status is ItemStatus.ACCEPTED
     assert at.query_params["item"] == str(item.id)
     assert "accepted" in texts(at)  # the card now shows the fresh state
+
+
+def test_model_output_is_shown_as_text_never_as_markup(
+    app_env: Path, database: Database, simulator: SimulatorServer
+) -> None:
+    hostile = "<img src=x onerror=alert(1)> **bold** [link](http://example.test)"
+
+    def responder(role: str, prompt: str) -> str:
+        if role == "distractors":
+            return json.dumps({"options": ["<script>alert(2)</script>", "# heading", "_under_"]})
+        return json.dumps({"answer": hostile, "explanation": hostile + " explained"})
+
+    simulator.reconfigure(responder=responder)
+    dataset_id, _ = generated_dataset(database, app_env)
+    item = first_multiple_choice(database, dataset_id)
+    at = open_page("pages/3_Review.py", dataset=str(dataset_id), curator="ana", item=str(item.id))
+    shown_as_text = [t.value for t in at.text]
+    assert "<script>alert(2)</script>" in shown_as_text and "# heading" in shown_as_text
+    assert hostile + " explained" in shown_as_text
+    markdown_like = [*at.markdown, *at.success, *at.caption, *at.info, *at.warning, *at.error]
+    assert markdown_like
+    for element in markdown_like:  # every "<" and "*" of model text is escaped
+        assert not re.search(r"(?<!\\)<", element.value), element.value
+        assert "**bold**" not in element.value
+    correct = at.success[0].value
+    assert "\\<img src=x onerror=alert\\(1\\)\\>" in correct  # escaped, shown literally
 
 
 def test_deep_link_opens_an_item_that_is_not_generated_yet(
