@@ -228,7 +228,7 @@ def _regenerate(item_id: int, version: int) -> None:
     def call() -> None:
         target = regeneration_target(database, item_id, typed_key=typed_key)
         if not target.ready:
-            raise ConflictError(target.key_missing or "no API key")
+            raise ConfigError(target.key_missing or "no API key")
         result = review.regenerate(
             database, item_id, curator=page.curator, expected_version=version, scope=scope,
             reason=reason, endpoint=target.endpoint, settings=target.settings,

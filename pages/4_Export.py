@@ -10,7 +10,6 @@ import streamlit as st
 from ui import feedback
 from ui.bootstrap import bootstrap
 from ui.charts import letter_chart
-from vqa_engine.errors import VQAError
 from vqa_engine.export import (
     ExportFormat,
     ExportSelection,

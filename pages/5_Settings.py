@@ -39,9 +39,11 @@ with profiles_tab:
     )
     try:
         default = resolve_endpoint()
+        key = (f"key {default.masked_key} from {default.key_source}" if default.has_key
+               else "no API key")
         st.text(
             f"Default endpoint (environment / secrets.toml): {default.base_url} · model "
-            f"{default.model} · key {default.masked_key} (from {default.key_source})"
+            f"{default.model} · {key}"
         )
     except VQAError as exc:
         st.error(str(exc))
