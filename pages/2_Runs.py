@@ -277,6 +277,10 @@ with st.expander("Launch a run", expanded=open_run is None, icon=":material/rock
         "Items", list(selection_labels), format_func=lambda s: selection_labels[s], key="run_selection"
     )
     item_ids: list[int] | None = None
+    if selection is ItemSelection.ALL:
+        left.warning("Accepted and rejected items go back to pending and get a new generation; "
+                     "their earlier decisions stay in each item's history.",
+                     icon=":material/warning:")
     if selection is ItemSelection.IDS:
         f1, f2, f3 = left.columns(3)
         statuses = f1.multiselect("Status", [s for s in ItemStatus if s is not ItemStatus.GENERATING],

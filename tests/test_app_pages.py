@@ -380,6 +380,13 @@ def test_accept_reject_and_reshuffle_record_the_curator_and_move_on(
     at.button(key="review_reject").click()
     rerun(at)
     assert item_row(database, second).status is ItemStatus.REJECTED
+    third = int(at.query_params["item"])
+    at.button(key="review_next").click()
+    rerun(at)
+    assert int(at.query_params["item"]) > third
+    at.button(key="review_previous").click()
+    rerun(at)
+    assert int(at.query_params["item"]) == third
 
     target = first_multiple_choice(database, dataset_id)
     with database.read() as session:

@@ -216,6 +216,11 @@ def test_curator_workflow_in_a_real_browser(
             expect(page).to_have_url(re.compile(r"item=(?!2(&|$))\d+"))
             expect(accept).to_have_count(1)
 
+            # A deep link opened directly, as the first page of a new tab.
+            page.goto(f"{url}/Review?item=6")
+            expect(page.get_by_text("Which day has the tallest bar in the chart?")).to_be_visible()
+            expect(page.get_by_role("link", name="Home")).to_be_visible()  # the shared frame
+
             # Export the accepted item as JSON through the download button.
             page.goto(f"{url}/Export?dataset=1&curator=ana")
             expect(page.get_by_text("Items to export")).to_be_visible()
