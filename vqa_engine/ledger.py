@@ -32,6 +32,7 @@ from db.models import LedgerEntry
 
 KEY_VERSION = 1
 LOOKUP_CHUNK = 500  # keys per IN (...) query; well under every driver's parameter limit
+_INSERT = insert(LedgerEntry.__table__)
 
 
 class Role:
@@ -129,7 +130,7 @@ def record_entries(session: Session, records: Sequence[LedgerRecord]) -> None:
     """Store responses in one bulk insert."""
     if records:
         # Core insert of the table: the ORM bulk path costs several times more per row.
-        session.execute(insert(LedgerEntry.__table__), [record.row() for record in records])
+        session.execute(_INSERT, [record.row() for record in records])
 
 
 def duplicate_successes(session: Session) -> dict[str, int]:

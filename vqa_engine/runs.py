@@ -412,19 +412,32 @@ def find_open_run(database: Database, dataset_id: int) -> Run | None:
 # ---------------------------------------------------------------- reclaiming
 
 
+_LIVE_IN_THIS_PROCESS: set[str] = set()
+
+
 def worker_identity(token: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{token}"
 
 
+def worker_started(worker_id: str) -> None:
+    """Register a worker running in this process (its claims are not reclaimed)."""
+    _LIVE_IN_THIS_PROCESS.add(worker_id)
+
+
+def worker_stopped(worker_id: str) -> None:
+    _LIVE_IN_THIS_PROCESS.discard(worker_id)
+
+
 def worker_process_gone(worker_id: str, live_workers: Iterable[str] = ()) -> bool:
-    """True when `worker_id` names a process on this machine that no longer runs it."""
+    """True when `worker_id` names a worker on this machine that no longer runs: its process
+    has exited, or it was in this process and has stopped."""
     host, _, rest = worker_id.partition(":")
     pid_text, _, _token = rest.partition(":")
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
     pid = int(pid_text)
     if pid == os.getpid():
-        return worker_id not in set(live_workers)
+        return worker_id not in set(live_workers) and worker_id not in _LIVE_IN_THIS_PROCESS
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -645,4 +658,7 @@ __all__ = [
     "run_endpoint",
     "run_progress",
     "start_run",
+    "worker_process_gone",
+    "worker_started",
+    "worker_stopped",
 ]

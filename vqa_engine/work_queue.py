@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Integer, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -43,6 +43,43 @@ ITEMS = Item.__table__
 RUNS = Run.__table__
 GENERATIONS = Generation.__table__
 IN_CHUNK = 500
+
+# Built once: the writer runs these many times a second and building a statement costs
+# more than executing it.
+_OWNED = (
+    select(ITEMS.c.id)
+    .where(ITEMS.c.id.in_(bindparam("ids", expanding=True)),
+           ITEMS.c.claimed_by == bindparam("worker"),
+           ITEMS.c.status == ItemStatus.GENERATING)
+    .with_for_update()
+)
+_INSERT_GENERATIONS = insert(GENERATIONS).returning(
+    GENERATIONS.c.id, GENERATIONS.c.item_id, GENERATIONS.c.ok)
+_FINISH_ITEM = (
+    update(ITEMS)
+    .where(ITEMS.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        attempts=ITEMS.c.attempts + bindparam("b_attempts", type_=Integer),
+        last_error=bindparam("b_error"),
+        current_generation_id=func.coalesce(bindparam("b_generation", type_=Integer),
+                                            ITEMS.c.current_generation_id),
+        claimed_by=None,
+        claimed_at=None,
+        version=ITEMS.c.version + 1,
+        updated_at=bindparam("b_now"),
+    )
+)
+_COUNTERS = ("requests", "ledger_hits", "retries", "prompt_tokens", "completion_tokens",
+             "generated_items", "failed_items")
+_ADD_USAGE = (
+    update(RUNS)
+    .where(RUNS.c.id == bindparam("b_run"))
+    .values({name: RUNS.c[name] + bindparam(f"b_{name}", type_=Integer) for name in _COUNTERS})
+)
+_ADD_USAGE_WITH_ERRORS = _ADD_USAGE.values(errors_by_type=bindparam("b_errors"))
+_RUN_ERRORS = select(RUNS.c.errors_by_type).where(RUNS.c.id == bindparam("b_run")) \
+    .with_for_update()
 
 
 @dataclass(frozen=True)
@@ -187,14 +224,7 @@ def store_outcomes(
     by_item = {outcome.item_id: outcome for outcome in outcomes}
     owned: set[int] = set()
     for chunk in _chunks(list(by_item)):
-        owned.update(
-            session.scalars(
-                select(Item.id)
-                .where(Item.id.in_(chunk), Item.claimed_by == worker_id,
-                       Item.status == ItemStatus.GENERATING)
-                .with_for_update()
-            )
-        )
+        owned.update(session.scalars(_OWNED, {"ids": chunk, "worker": worker_id}))
     now = utcnow()
     rows: list[dict[str, Any]] = []
     for item_id, outcome in by_item.items():
@@ -221,11 +251,7 @@ def store_outcomes(
             ))
     current: dict[int, int] = {}
     if rows:
-        returned = session.execute(
-            insert(GENERATIONS).returning(GENERATIONS.c.id, GENERATIONS.c.item_id,
-                                          GENERATIONS.c.ok),
-            rows,
-        )
+        returned = session.execute(_INSERT_GENERATIONS, rows)
         current = {item_id: gid for gid, item_id, ok in returned if ok}
 
     updates: list[dict[str, Any]] = []
@@ -241,48 +267,33 @@ def store_outcomes(
             error = f"{last.error_step}: {last.error_message}" if last else "failed"
         updates.append(dict(
             b_id=item_id, b_status=status, b_attempts=outcome.attempts, b_error=error,
-            b_generation=current.get(item_id),
+            b_generation=current.get(item_id), b_now=now,
         ))
     if updates:
-        session.execute(
-            update(ITEMS)
-            .where(ITEMS.c.id == bindparam("b_id"))
-            .values(
-                status=bindparam("b_status"),
-                attempts=ITEMS.c.attempts + bindparam("b_attempts"),
-                last_error=bindparam("b_error"),
-                current_generation_id=func.coalesce(bindparam("b_generation"),
-                                                    ITEMS.c.current_generation_id),
-                claimed_by=None,
-                claimed_at=None,
-                version=ITEMS.c.version + 1,
-                updated_at=now,
-            ),
-            updates,
-        )
+        session.execute(_FINISH_ITEM, updates)
     return usage
 
 
 def add_usage(session: Session, run_id: int, usage: RunUsage) -> None:
     """Add a batch's usage to the run's counters in one UPDATE (increments, so concurrent
     workers on PostgreSQL never lose each other's counts)."""
-    c = RUNS.c
-    values: dict[str, Any] = dict(
-        requests=c.requests + usage.requests,
-        ledger_hits=c.ledger_hits + usage.ledger_hits,
-        retries=c.retries + usage.retries,
-        prompt_tokens=c.prompt_tokens + usage.prompt_tokens,
-        completion_tokens=c.completion_tokens + usage.completion_tokens,
-        generated_items=c.generated_items + usage.generated,
-        failed_items=c.failed_items + usage.failed,
-    )
-    if usage.errors:
-        current = session.scalar(
-            select(c.errors_by_type).where(c.id == run_id).with_for_update()) or {}
-        merged = Counter({str(k): int(v) for k, v in current.items()})
-        merged.update(usage.errors)
-        values["errors_by_type"] = dict(merged)
-    session.execute(update(RUNS).where(c.id == run_id).values(**values))
+    params: dict[str, Any] = {
+        "b_run": run_id,
+        "b_requests": usage.requests,
+        "b_ledger_hits": usage.ledger_hits,
+        "b_retries": usage.retries,
+        "b_prompt_tokens": usage.prompt_tokens,
+        "b_completion_tokens": usage.completion_tokens,
+        "b_generated_items": usage.generated,
+        "b_failed_items": usage.failed,
+    }
+    if not usage.errors:
+        session.execute(_ADD_USAGE, params)
+        return
+    current = session.scalar(_RUN_ERRORS, {"b_run": run_id}) or {}
+    merged = Counter({str(k): int(v) for k, v in current.items()})
+    merged.update(usage.errors)
+    session.execute(_ADD_USAGE_WITH_ERRORS, {**params, "b_errors": dict(merged)})
 
 
 def mark_running(session: Session, run_id: int, worker_id: str) -> bool:

@@ -64,6 +64,8 @@ from vqa_engine.runs import (
     run_endpoint,
     utcnow,
     worker_identity,
+    worker_started,
+    worker_stopped,
 )
 from vqa_engine.settings import is_placeholder_key, read_secrets
 from vqa_engine import work_queue
@@ -575,6 +577,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.writer.start()
+        worker_started(self.worker_id)
         try:
             await self.reclaim(None, everything=self.settings.exclusive)
             while not stop.is_set():
@@ -594,6 +597,7 @@ class Worker:
                 await asyncio.gather(*tasks, return_exceptions=True)
             self.executors.clear()
             await asyncio.to_thread(self.writer.stop)
+            worker_stopped(self.worker_id)
 
     async def reclaim(self, run_id: int | None, *, everything: bool = False) -> int:
         live = [self.worker_id]
