@@ -160,7 +160,7 @@ def child_engine(base_url: str, items: int, concurrency: int, batch_size: int) -
             status = session.scalar(select(Run.status).where(Run.id == run_id))
         if status is not None and status.is_finished:
             break
-        time.sleep(0.05)
+        time.sleep(0.1)
     cpu = time.process_time() - cpu_start
     host.stop()
     with database.read() as session:

@@ -134,7 +134,7 @@ class ResultWriter:
     """
 
     def __init__(self, database: Database, *, max_batch: int = 5000,
-                 linger: float = 0.02, busy_batch: int = 16) -> None:
+                 linger: float = 0.02, busy_batch: int = 8) -> None:
         self.database = database
         self.max_batch = max_batch
         self.linger = linger
