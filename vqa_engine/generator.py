@@ -153,6 +153,14 @@ class ChatCompleter(Protocol):
     async def complete(self, request: ChatRequest) -> ChatResponse: ...
 
 
+class RequestGate(Protocol):
+    """Bounds requests sent but not yet recorded (the worker's `RequestBudget`)."""
+
+    async def enter(self) -> None: ...  # before a request is sent
+
+    def leave(self) -> None: ...  # the request ended without a ledger record
+
+
 @dataclass
 class ItemJob:
     """Everything needed to generate one item, loaded by the worker when it claims the item."""
@@ -255,12 +263,14 @@ class ItemGenerator:
         model: str,
         record: Callable[[LedgerRecord], None],
         run_id: int | None = None,
+        gate: RequestGate | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.model = model
         self.record = record
         self.run_id = run_id
+        self.gate = gate
         self.prompt_version = settings.prompts.version
 
     # -- keys, so the worker can prefetch ledger hits before anything runs
@@ -444,6 +454,8 @@ class ItemGenerator:
             )
             raise _StepFailed(failure, permanent=True) from None
 
+        if self.gate is not None:
+            await self.gate.enter()
         started = time.perf_counter()
         try:
             response = await self.client.complete(
@@ -454,9 +466,10 @@ class ItemGenerator:
                     max_tokens=self.settings.max_tokens,
                 )
             )
-        except AuthenticationError:
-            raise
         except EndpointError as exc:
+            if isinstance(exc, AuthenticationError):
+                self._unrecorded()
+                raise
             outcome.requests += 1
             elapsed = (time.perf_counter() - started) * 1000
             outcome.latency_ms += elapsed
@@ -470,6 +483,9 @@ class ItemGenerator:
             )
             failure = AttemptFailure(exc.error_type, step, message)
             raise _StepFailed(failure, permanent=isinstance(exc, PERMANENT_ERRORS)) from None
+        except BaseException:  # cancelled (pause, cancel, shutdown) or a bug
+            self._unrecorded()
+            raise
 
         outcome.requests += 1
         outcome.retries += response.retries
@@ -497,3 +513,7 @@ class ItemGenerator:
         self.record(LedgerRecord(ok=True, **entry))
         job.known[key] = response.text
         return parsed, response.text
+
+    def _unrecorded(self) -> None:
+        if self.gate is not None:
+            self.gate.leave()

@@ -140,6 +140,7 @@ class ResultWriter:
         self.linger = linger
         self.busy_batch = busy_batch
         self._busy = False
+        self._hurry = threading.Event()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.batches = 0
@@ -159,8 +160,17 @@ class ResultWriter:
 
     # -- submitting
 
-    def record(self, record: LedgerRecord) -> None:
+    def record(self, record: LedgerRecord,
+               on_commit: Callable[[], None] | None = None) -> None:
+        """Queue a response for the ledger; `on_commit` is called in the caller's event loop
+        once it is durable (or could not be stored)."""
         self._queue.put(record)
+        if on_commit is not None:
+            self._queue.put(_AfterCommit(on_commit, asyncio.get_running_loop()))
+
+    def hurry(self) -> None:
+        """Someone waits for a commit: cut the current linger short."""
+        self._hurry.set()
 
     def outcome(self, run_id: int, worker_id: str, outcome: ItemOutcome) -> None:
         self._queue.put(_Outcome(run_id, worker_id, outcome))
@@ -182,9 +192,10 @@ class ResultWriter:
         first = self._queue.get()
         if (self._busy and self.linger > 0 and not isinstance(first, _Command)
                 and first is not _STOP):
-            # Sleep rather than wait on the queue: a wake-up per queued op would cost the
+            # Wait on an event rather than the queue: a wake-up per queued op would cost the
             # event loop a GIL hand-off each time.
-            time.sleep(self.linger)
+            self._hurry.wait(self.linger)
+        self._hurry.clear()
         batch = [first]
         while len(batch) < self.max_batch:
             try:
@@ -209,6 +220,27 @@ class ResultWriter:
                 self._apply_command(command)
 
     def _apply_data(self, ops: list[Any]) -> None:
+        waiting = [op for op in ops if isinstance(op, _AfterCommit)]
+        if not waiting:
+            self._store(ops)
+            return
+        # Responses first, in a transaction of their own: requests wait for these commits
+        # (RequestBudget), item outcomes and counters can follow a moment later.
+        records = [op for op in ops if isinstance(op, LedgerRecord)]
+        rest = [op for op in ops if not isinstance(op, (LedgerRecord, _AfterCommit))]
+        self._store(records)
+        callbacks: dict[asyncio.AbstractEventLoop, list[Callable[[], None]]] = defaultdict(list)
+        for op in waiting:
+            callbacks[op.loop].append(op.callback)
+        for loop, calls in callbacks.items():
+            try:
+                loop.call_soon_threadsafe(_call_all, calls)
+            except RuntimeError:
+                pass  # that loop has ended
+        if rest:
+            self._store(rest)
+
+    def _store(self, ops: list[Any]) -> None:
         try:
             with self.database.write() as session:
                 _write_data(session, ops)
@@ -220,7 +252,7 @@ class ResultWriter:
                 log.exception("could not store %s", type(ops[0]).__name__)
                 return
         for op in ops:  # one bad op must not lose the others
-            self._apply_data([op])
+            self._store([op])
 
     def _apply_command(self, command: _Command) -> None:
         try:
@@ -234,6 +266,17 @@ class ResultWriter:
             return
         if command.future is not None and command.loop is not None:
             command.loop.call_soon_threadsafe(_set_result, command.future, result)
+
+
+@dataclass(frozen=True)
+class _AfterCommit:
+    callback: Callable[[], None]
+    loop: asyncio.AbstractEventLoop
+
+
+def _call_all(calls: list[Callable[[], None]]) -> None:
+    for call in calls:
+        call()
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:
@@ -277,6 +320,28 @@ def _merge(into: work_queue.RunUsage, part: work_queue.RunUsage) -> None:
 
 
 # ---------------------------------------------------------------- one run
+
+
+class RequestBudget:
+    """Requests sent but not yet durable in the ledger, at most `size` of them.
+
+    A response is paid for when it arrives but only safe once its ledger entry is
+    committed. Holding a slot from sending until that commit bounds what a crash can make
+    us pay again to the run's concurrency. A request that would wait for a slot asks the
+    writer to commit at once rather than linger.
+    """
+
+    def __init__(self, size: int, writer: ResultWriter) -> None:
+        self._free = asyncio.Semaphore(size)
+        self._writer = writer
+
+    async def enter(self) -> None:
+        if self._free.locked():
+            self._writer.hurry()
+        await self._free.acquire()
+
+    def leave(self) -> None:
+        self._free.release()
 
 
 class RunExecutor:
@@ -331,9 +396,11 @@ class RunExecutor:
         log.info("run %s: started (%s, model %s, concurrency %s)", self.run_id,
                  self.endpoint.base_url, self.endpoint.model, settings.concurrency)
         async with VLMClient(config, on_retry=self._on_retry) as client:
+            budget = RequestBudget(settings.concurrency, self.writer)
             self.generator = ItemGenerator(
-                client, settings.generation, model=client.model, record=self.writer.record,
-                run_id=self.run_id,
+                client, settings.generation, model=client.model,
+                record=lambda record: self.writer.record(record, on_commit=budget.leave),
+                run_id=self.run_id, gate=budget,
             )
             consumers = [asyncio.create_task(self._consume(), name=f"run{self.run_id}-c{i}")
                          for i in range(settings.concurrency)]
