@@ -6,10 +6,12 @@ Shape of the hot path, and why:
   bounded whatever the dataset size; nothing ever gathers over the whole dataset.
 - One `VLMClient` (one aiohttp session, connector sized to the concurrency) per run.
 - The event loop never touches the database or the disk: claims and results go through one
-  writer thread (`ResultWriter`) that commits whatever has queued up in one transaction
-  (group commit: small batches under light load, larger ones under heavy load, never a
-  round trip per request); ledger look-ups are done per claimed batch in a worker thread;
-  image bytes are read with `asyncio.to_thread`, once per item, only if a call is needed.
+  writer thread (`ResultWriter`) that commits whatever has queued up (group commit: small
+  batches under light load, larger ones under heavy load, never a round trip per request);
+  ledger look-ups and image reads are done per claimed batch in a worker thread (large
+  images are read with `asyncio.to_thread` when their call is made), once per item.
+- Requests sent but not yet durable in the ledger are bounded by the concurrency
+  (`RequestBudget`), so a crash makes us pay again for at most that many.
 - Run counters are updated in the same transaction as the results they count.
 - The worker polls the Run rows every ~0.5 s: new runs start, paused and cancelled ones
   stop (in-flight requests get a short grace period, then are cancelled and their items go
@@ -126,11 +128,12 @@ class ResultWriter:
 
     Under load (the previous batch held `busy_batch` ops or more) a batch is what arrives
     within `linger` seconds of its first op (20 ms: a transaction per request would cost
-    more than the request); otherwise, and for commands, it is whatever is queued now, so a
-    response is durable within milliseconds when requests are few. Data (ledger records,
-    item outcomes, usage) is applied in one transaction per batch;
-    commands (claims, status changes) run each in their own transaction, after the data that
-    was queued before them, and resolve an asyncio future with their result.
+    more than the request), cut short when a request waits for a commit (`hurry`);
+    otherwise, and for commands, it is whatever is queued now. Data is applied per batch in
+    at most two transactions: ledger records first (requests wait on them), then item
+    outcomes and usage. Commands (claims, status changes) run each in their own
+    transaction, after the data that was queued before them, and resolve an asyncio future
+    with their result.
     """
 
     def __init__(self, database: Database, *, max_batch: int = 5000,
