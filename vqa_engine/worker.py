@@ -26,6 +26,7 @@ typed into the run form pauses and asks for it.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import queue
@@ -55,7 +56,7 @@ from vqa_engine.generator import (
     safe_message,
 )
 from vqa_engine.images import stored_path
-from vqa_engine.ledger import LedgerRecord, find_successes
+from vqa_engine.ledger import LedgerRecord, find_successes, record_entries
 from vqa_engine.parsing import parse_answer
 from vqa_engine.runs import (
     DEFAULT_STALE_AFTER,
@@ -118,6 +119,9 @@ class _Usage:
     run_id: int
     retries: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 _STOP = object()
@@ -129,21 +133,25 @@ class ResultWriter:
     Under load (the previous batch held `busy_batch` ops or more) a batch is what arrives
     within `linger` seconds of its first op (20 ms: a transaction per request would cost
     more than the request), cut short when a request waits for a commit (`hurry`);
-    otherwise, and for commands, it is whatever is queued now. Data is applied per batch in
-    at most two transactions: ledger records first (requests wait on them), then item
-    outcomes and usage. Commands (claims, status changes) run each in their own
-    transaction, after the data that was queued before them, and resolve an asyncio future
-    with their result.
+    otherwise, and for commands, it is whatever is queued now. Ledger records are committed
+    at once (requests wait on them); item outcomes and usage follow in larger batches, at
+    most `defer_outcomes` seconds later, so a request rarely waits behind them. Commands
+    (claims, status changes) run each in their own transaction, after all data queued
+    before them, and resolve an asyncio future with their result.
     """
 
     def __init__(self, database: Database, *, max_batch: int = 5000,
-                 linger: float = 0.02, busy_batch: int = 8) -> None:
+                 linger: float = 0.02, busy_batch: int = 8,
+                 defer_outcomes: float = 0.2) -> None:
         self.database = database
         self.max_batch = max_batch
         self.linger = linger
         self.busy_batch = busy_batch
+        self.defer_outcomes = defer_outcomes
         self._busy = False
         self._hurry = threading.Event()
+        self._deferred: list[Any] = []
+        self._deferred_since = 0.0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.batches = 0
@@ -191,8 +199,15 @@ class ResultWriter:
 
     def _collect(self) -> list[Any]:
         """The next batch: whatever arrives within `linger` of the first op, cut short by a
-        command (someone is waiting for it) or the stop marker."""
-        first = self._queue.get()
+        command or a waiting request (`hurry`). Empty when deferred outcomes are due."""
+        try:
+            if self._deferred:
+                due = self._deferred_since + self.defer_outcomes - time.monotonic()
+                first = self._queue.get(timeout=max(due, 0.0))
+            else:
+                first = self._queue.get()
+        except queue.Empty:
+            return []
         if (self._busy and self.linger > 0 and not isinstance(first, _Command)
                 and first is not _STOP):
             # Wait on an event rather than the queue: a wake-up per queued op would cost the
@@ -215,23 +230,33 @@ class ResultWriter:
             if any(op is _STOP for op in batch):
                 stopping = True
                 batch = [op for op in batch if op is not _STOP]
-            data = [op for op in batch if not isinstance(op, _Command)]
             commands = [op for op in batch if isinstance(op, _Command)]
-            if data:
-                self._apply_data(data)
+            self._apply_data([op for op in batch if not isinstance(op, _Command)],
+                             flush=bool(commands) or stopping)
             for command in commands:
                 self._apply_command(command)
 
-    def _apply_data(self, ops: list[Any]) -> None:
+    def _apply_data(self, ops: list[Any], *, flush: bool) -> None:
+        """Ledger records now (requests wait for them: `RequestBudget`), in a transaction
+        of their own; item outcomes and usage are deferred while requests keep waiting, up
+        to `defer_outcomes` seconds, and always written before a command runs."""
         waiting = [op for op in ops if isinstance(op, _AfterCommit)]
-        if not waiting:
-            self._store(ops)
-            return
-        # Responses first, in a transaction of their own: requests wait for these commits
-        # (RequestBudget), item outcomes and counters can follow a moment later.
         records = [op for op in ops if isinstance(op, LedgerRecord)]
         rest = [op for op in ops if not isinstance(op, (LedgerRecord, _AfterCommit))]
-        self._store(records)
+        if rest and not self._deferred:
+            self._deferred_since = time.monotonic()
+        self._deferred.extend(rest)
+        due = (flush or not waiting or len(self._deferred) >= self.max_batch
+               or time.monotonic() - self._deferred_since >= self.defer_outcomes)
+        if not waiting:
+            if due and (records or self._deferred):
+                self._store(records + self._deferred)
+                self._deferred = []
+            elif records:
+                self._store(records)
+            return
+        if records:
+            self._store_records(records)
         callbacks: dict[asyncio.AbstractEventLoop, list[Callable[[], None]]] = defaultdict(list)
         for op in waiting:
             callbacks[op.loop].append(op.callback)
@@ -240,8 +265,31 @@ class ResultWriter:
                 loop.call_soon_threadsafe(_call_all, calls)
             except RuntimeError:
                 pass  # that loop has ended
-        if rest:
-            self._store(rest)
+        if due and self._deferred:
+            self._store(self._deferred)
+            self._deferred = []
+
+    def _store_records(self, records: list[LedgerRecord]) -> None:
+        """Just the ledger rows, in the shortest transaction; their counts join the
+        deferred outcomes."""
+        try:
+            with self.database.write() as session:
+                record_entries(session, records)
+            self.batches += 1
+        except Exception:
+            self._store(records)  # one by one, with their counts
+            return
+        counts: dict[int, _Usage] = {}
+        for record in records:
+            if record.run_id is None:
+                continue
+            usage = counts.setdefault(record.run_id, _Usage(record.run_id))
+            usage.requests += 1
+            usage.prompt_tokens += record.prompt_tokens
+            usage.completion_tokens += record.completion_tokens
+        if counts and not self._deferred:
+            self._deferred_since = time.monotonic()
+        self._deferred.extend(counts.values())
 
     def _store(self, ops: list[Any]) -> None:
         try:
@@ -302,8 +350,12 @@ def _write_data(session: Session, ops: list[Any]) -> None:
         if isinstance(op, _Outcome):
             grouped[(op.run_id, op.worker_id)].append(op.outcome)
         elif isinstance(op, _Usage):
-            usage[op.run_id].retries += op.retries
-            usage[op.run_id].add_errors(op.errors.elements())
+            entry = usage[op.run_id]
+            entry.retries += op.retries
+            entry.requests += op.requests
+            entry.prompt_tokens += op.prompt_tokens
+            entry.completion_tokens += op.completion_tokens
+            entry.add_errors(op.errors.elements())
     for (run_id, worker_id), outcomes in grouped.items():
         _merge(usage[run_id], work_queue.store_outcomes(session, run_id, worker_id, outcomes))
     for run_id in sorted(usage):
@@ -347,6 +399,20 @@ class RequestBudget:
         self._free.release()
 
 
+class StopMode(str, enum.Enum):
+    """Why an executor stops. Graceful modes let in-flight requests finish for a moment."""
+
+    PAUSE = "pause"
+    SHUTDOWN = "shutdown"
+    CANCEL = "cancel"
+    FAIL = "fail"
+    ERROR = "error"
+
+    @property
+    def graceful(self) -> bool:
+        return self in (StopMode.PAUSE, StopMode.SHUTDOWN)
+
+
 class RunExecutor:
     """Executes one run in this worker until it is finished or told to stop."""
 
@@ -363,7 +429,7 @@ class RunExecutor:
         # Claimed items whose outcome has not been handed to the writer yet: added by the
         # writer thread as a claim commits, removed here; released when the executor stops.
         self.unsettled: set[int] = set()
-        self.stop_mode: str | None = None
+        self.stop_mode: StopMode | None = None
         self.fail_message: str | None = None
         self._stop_requested = asyncio.Event()
         self._room = asyncio.Event()
@@ -373,8 +439,7 @@ class RunExecutor:
 
     # -- control
 
-    def request_stop(self, mode: str) -> None:
-        """mode: pause | shutdown (grace for in-flight requests), cancel | fail (none)."""
+    def request_stop(self, mode: StopMode) -> None:
         if self.stop_mode is None:
             self.stop_mode = mode
             self._stop_requested.set()
@@ -420,7 +485,7 @@ class RunExecutor:
                     assert exc is not None
                     log.error("run %s: feeder failed: %s", self.run_id, safe_message(exc))
                     if self.stop_mode is None:
-                        self.stop_mode = "error"
+                        self.stop_mode = StopMode.ERROR
                 await self._wind_down(consumers)
         self._flush_usage()
         message = self.fail_message
@@ -434,7 +499,7 @@ class RunExecutor:
 
         await self.writer.call(settle)
         log.info("run %s: %s", self.run_id, "finished" if self.finished else
-                 f"stopped ({self.stop_mode})")
+                 f"stopped ({self.stop_mode.value if self.stop_mode else 'unknown'})")
 
     async def _wind_down(self, consumers: list[asyncio.Task[None]]) -> None:
         while not self.queue.empty():
@@ -444,7 +509,7 @@ class RunExecutor:
             task.cancel()
         busy = [task for task in consumers if task in self.busy]
         grace = self.worker.settings.pause_grace
-        if busy and self.stop_mode in ("pause", "shutdown") and grace > 0:
+        if busy and self.stop_mode is not None and self.stop_mode.graceful and grace > 0:
             await asyncio.wait(busy, timeout=grace)
         for task in consumers:
             task.cancel()
@@ -600,7 +665,7 @@ class RunExecutor:
         if self.stop_mode is not None:
             return
         self.fail_message = message
-        self.request_stop("fail")
+        self.request_stop(StopMode.FAIL)
         log.warning("run %s stopped: %s", self.run_id, message)
 
 
@@ -661,7 +726,7 @@ class Worker:
                     pass
         finally:
             for executor, _task in self.executors.values():
-                executor.request_stop("shutdown")
+                executor.request_stop(StopMode.SHUTDOWN)
             tasks = [task for _executor, task in self.executors.values()]
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -705,8 +770,8 @@ class Worker:
             if entry is not None:
                 if not status.is_active:
                     entry[0].request_stop(
-                        "pause" if status is RunStatus.PAUSED else
-                        "cancel" if status is RunStatus.CANCELLED else "fail")
+                        StopMode.PAUSE if status is RunStatus.PAUSED else
+                        StopMode.CANCEL if status is RunStatus.CANCELLED else StopMode.FAIL)
                 continue
             if not status.is_active or now < self._restart_after.get(run_id, 0.0):
                 continue
