@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -372,11 +373,10 @@ def test_cancel_stops_within_a_second_or_two_and_returns_items_to_pending(
 
 
 def dead_worker_id() -> str:
-    finished_process = subprocess.run(["true"], check=True)
-    del finished_process
+    """The id a worker in a process of this machine that has exited would have had."""
     child = subprocess.Popen(["true"])
     child.wait()
-    return worker_identity("dead").replace(f":{__import__('os').getpid()}:", f":{child.pid}:")
+    return worker_identity("dead").replace(f":{os.getpid()}:", f":{child.pid}:")
 
 
 def test_items_left_generating_by_a_dead_worker_are_reclaimed_and_the_run_completes(
