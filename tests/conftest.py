@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from db.engine import Database, open_database
 from vqa_engine.simulator import SimulatorConfig, SimulatorServer
@@ -62,3 +64,30 @@ def simulator() -> Iterator[SimulatorServer]:
     """A running SIMULATED endpoint (latency 0-5 ms); `.base_url`, `.stats`, `.reconfigure()`."""
     with SimulatorServer(SimulatorConfig(latency_ms=2.5, jitter_ms=2.5, seed=0)) as server:
         yield server
+
+
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[Database]:
+    """A fresh schema in the local PostgreSQL, dropped afterwards; skipped where there is none."""
+    try:
+        probe = Database(POSTGRES_URL)
+        with probe.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means: no server here
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({type(exc).__name__})")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with probe.engine.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    probe.close()
+    database = open_database(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
+    try:
+        yield database
+    finally:
+        database.close()
+        cleanup = Database(POSTGRES_URL)
+        with cleanup.engine.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        cleanup.close()

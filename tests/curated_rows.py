@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from PIL import Image as PILImage
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from db.engine import Database, open_database
 
 from db.models import (
     Dataset,
@@ -31,31 +26,6 @@ from db.models import (
     Run,
 )
 from vqa_engine.records import compose_full_question
-
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture
-def postgres_database() -> Iterator[Database]:
-    """A fresh schema in the local PostgreSQL, dropped afterwards; skipped where there is none."""
-    try:
-        probe = Database(POSTGRES_URL)
-        with probe.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means: no server here
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({type(exc).__name__})")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with probe.engine.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    database = open_database(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
-    try:
-        yield database
-    finally:
-        database.close()
-        with probe.engine.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        probe.close()
-
 
 def jpeg_bytes(color: tuple[int, int, int] = (200, 30, 30), size: int = 8) -> bytes:
     buffer = io.BytesIO()

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from curated_rows import add_dataset, add_image, add_item, jpeg_bytes, postgres_database  # noqa: F401
+from curated_rows import add_dataset, add_image, add_item, jpeg_bytes
 from db.engine import Database
 from db.models import Image, ItemStatus, QuestionType
 from vqa_engine.errors import ExportError

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
-from db.engine import Database, open_database
+from db.engine import Database
 from db.models import Generation, Item, ItemStatus, RunStatus
 from vqa_engine.host import EngineHost
 from vqa_engine.ledger import duplicate_successes
@@ -22,44 +20,18 @@ from vqa_engine.work_queue import claim_items
 from vqa_engine.worker import WorkerSettings
 from tests.generation_data import seed_dataset
 
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def pg(data_dir: Path) -> Iterator[Database]:
-    """A fresh schema in the local PostgreSQL, dropped afterwards; skipped where there is none."""
-    try:
-        probe = Database(POSTGRES_URL)
-        with probe.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means: no server here
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({type(exc).__name__})")
-    schema = f"claims_{uuid.uuid4().hex[:12]}"
-    with probe.engine.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    probe.close()
-    database = open_database(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
-    try:
-        yield database
-    finally:
-        database.close()
-        cleanup = Database(POSTGRES_URL)
-        with cleanup.engine.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        cleanup.close()
-
-
-def test_a_claim_skips_items_locked_by_another_open_claim(pg: Database, data_dir: Path) -> None:
-    dataset = seed_dataset(pg, data_dir, multiple_choice=0, fill_in_blank=10)
-    run_id = start_run(pg, dataset, Endpoint(base_url="http://127.0.0.1:9/v1"), RunSettings())
+def test_a_claim_skips_items_locked_by_another_open_claim(postgres_database: Database, data_dir: Path) -> None:
+    dataset = seed_dataset(postgres_database, data_dir, multiple_choice=0, fill_in_blank=10)
+    run_id = start_run(postgres_database, dataset, Endpoint(base_url="http://127.0.0.1:9/v1"), RunSettings())
     first_claimed = threading.Event()
     second_done = threading.Event()
     claims: dict[str, list[int]] = {}
 
     def claim(worker: str, hold: bool) -> None:
-        with pg.write() as session:
+        with postgres_database.write() as session:
             claims[worker] = [c.item_id for c in claim_items(session, run_id, worker, 4)]
             if hold:  # keep the transaction (and its row locks) open
                 first_claimed.set()
@@ -74,7 +46,7 @@ def test_a_claim_skips_items_locked_by_another_open_claim(pg: Database, data_dir
 
     assert len(claims["worker-a"]) == 4 and len(claims["worker-b"]) == 4
     assert set(claims["worker-a"]).isdisjoint(claims["worker-b"])
-    with pg.read() as session:
+    with postgres_database.read() as session:
         owners = dict(session.execute(select(Item.id, Item.claimed_by)
                                       .where(Item.status == ItemStatus.GENERATING)).all())
     assert {owners[i] for i in claims["worker-a"]} == {"worker-a"}
@@ -82,19 +54,19 @@ def test_a_claim_skips_items_locked_by_another_open_claim(pg: Database, data_dir
 
 
 def test_two_workers_share_a_run_without_generating_any_item_twice(
-    pg: Database, data_dir: Path,
+    postgres_database: Database, data_dir: Path,
 ) -> None:
-    dataset = seed_dataset(pg, data_dir, multiple_choice=20, fill_in_blank=10)
+    dataset = seed_dataset(postgres_database, data_dir, multiple_choice=20, fill_in_blank=10)
     fast = WorkerSettings(poll_interval=0.05)
     with SimulatorServer(SimulatorConfig(latency_ms=20, seed=1)) as simulator:
-        run_id = start_run(pg, dataset, Endpoint(base_url=simulator.base_url, model="m"),
+        run_id = start_run(postgres_database, dataset, Endpoint(base_url=simulator.base_url, model="m"),
                            RunSettings(concurrency=4, batch_size=3))
-        hosts = [EngineHost(pg, data=data_dir, settings=fast) for _ in range(2)]
+        hosts = [EngineHost(postgres_database, data=data_dir, settings=fast) for _ in range(2)]
         for host in hosts:
             host.start()
         try:
             deadline = time.monotonic() + 60
-            while not run_progress(pg, run_id).status.is_finished:
+            while not run_progress(postgres_database, run_id).status.is_finished:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
         finally:
@@ -102,10 +74,10 @@ def test_two_workers_share_a_run_without_generating_any_item_twice(
                 host.stop()
         assert simulator.stats.repeated() == {}
         assert simulator.stats.requests == 20 * 2 + 10
-    progress = run_progress(pg, run_id)
+    progress = run_progress(postgres_database, run_id)
     assert progress.status is RunStatus.COMPLETED
     assert (progress.generated, progress.failed, progress.requests) == (30, 0, 50)
-    with pg.read() as session:
+    with postgres_database.read() as session:
         per_item = session.execute(
             select(Generation.item_id, func.count()).where(Generation.ok.is_(True))
             .group_by(Generation.item_id)).all()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from curated_rows import add_dataset, add_image, add_item, add_run, postgres_database  # noqa: F401
+from curated_rows import add_dataset, add_image, add_item, add_run
 from db.engine import Database
 from db.models import ItemStatus, QuestionType, ReviewAction, ReviewEvent, RunStatus
 from db.queries import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from curated_rows import add_dataset, add_image, add_item, postgres_database  # noqa: F401
+from curated_rows import add_dataset, add_image, add_item
 from db.engine import Database
 from db.models import (
     Generation,

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -119,33 +117,6 @@ def test_a_failed_write_leaves_nothing_behind(database: Database) -> None:
             raise RuntimeError("boom")
     with database.read() as session:
         assert session.scalar(select(Dataset).where(Dataset.name == "half")) is None
-
-
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture
-def postgres_database() -> Iterator[Database]:
-    """A fresh schema in the local PostgreSQL, dropped afterwards; skipped where there is none."""
-    try:
-        probe = Database(POSTGRES_URL)
-        with probe.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means: no server here
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({type(exc).__name__})")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with probe.engine.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    probe.close()
-    database = open_database(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
-    try:
-        yield database
-    finally:
-        database.close()
-        cleanup = Database(POSTGRES_URL)
-        with cleanup.engine.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        cleanup.close()
 
 
 @pytest.mark.postgres
