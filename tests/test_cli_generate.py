@@ -134,6 +134,15 @@ def test_failed_items_are_listed_in_errors_json_and_the_run_still_exits_zero(
     assert "1 item(s) failed" in done.stdout
 
 
+def test_a_run_in_which_every_item_failed_exits_non_zero(workdir: Path) -> None:
+    source = write_input(workdir / "in", multiple_choice=1, fill_in_blank=1)
+    out = workdir / "out"
+    done = run_generate(source, out, "--base-url", "http://127.0.0.1:9/v1", "--retries", "0")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: no item was generated: all 2 failed")
+    assert {e["error_type"] for e in read_json(out / "errors.json")} == {"connection"}
+
+
 def test_a_refused_key_exits_non_zero_with_one_line_on_stderr(workdir: Path) -> None:
     source = write_input(workdir / "in", multiple_choice=2)
     with SimulatorServer(SimulatorConfig(latency_ms=1, api_key="sk-right-key-0000")) as server:

@@ -311,6 +311,13 @@ def run_pipeline(options: PipelineOptions, *, out: TextIO = sys.stdout,
         result.exit_code = 1
         result.message = progress.message or f"the run ended {progress.status.value}"
         print(f"error: {result.message}", file=err)
+    elif results == 0 and errors > 0:
+        result.exit_code = 1
+        result.message = (
+            f"no item was generated: all {errors} failed; the reason of each is in "
+            f"{result.errors_path}; check the endpoint and run the same command again"
+        )
+        print(f"error: {result.message}", file=err)
     return result
 
 
