@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
-from db.models import QuestionType
+from db.engine import Database
+from db.models import Generation, ItemStatus, QuestionType
+from vqa_engine.client import RetryPolicy, Timeouts
+from vqa_engine.host import EngineHost
+from vqa_engine.runs import RunSettings, run_progress, start_run
+from vqa_engine.settings import Endpoint
+from vqa_engine.simulator import SimulatorServer
+from vqa_engine.worker import WorkerSettings
+from tests.generation_data import items_of, seed_dataset
 from vqa_engine.quality import (
     ALL_FLAGS,
     DISTRACTOR_IS_ANSWER,
@@ -238,3 +250,55 @@ def test_option_checks_do_not_apply_to_fill_in_blank() -> None:
 def test_a_decimal_is_not_mistaken_for_its_integer_part() -> None:
     assert normalise("3.5 kg") == "3.5 kg"
     assert DISTRACTOR_IS_ANSWER not in mc({"A": "3", "B": "3.5", "C": "4"}, "A")
+
+
+# -- stored by a real run
+
+
+def test_a_run_stores_the_flags_of_each_generation(
+    database: Database, data_dir: Path, simulator: SimulatorServer
+) -> None:
+    refusal = "I'm sorry, I cannot see the image."
+
+    def responder(role: str, prompt: str) -> str:
+        clean = "clean picture" in prompt
+        if role == "distractors":
+            options = ["a dog", "a horse", "a bird"] if clean else ["red car", "Red car.", "a bus"]
+            return json.dumps({"options": options})
+        if clean:
+            return json.dumps({"answer": "a cat", "explanation": "It sits on the mat."})
+        return refusal  # plain text: the answer parser falls back
+
+    simulator.reconfigure(responder=responder)
+    dataset = seed_dataset(database, data_dir, multiple_choice=2, fill_in_blank=1, questions=[
+        "What is in the refused picture?", "What is in the clean picture?",
+        "Name the refused picture.",
+    ])
+    run_id = start_run(
+        database, dataset, Endpoint(base_url=simulator.base_url, model="simulated-vlm"),
+        RunSettings(concurrency=2, batch_size=4,
+                    retry=RetryPolicy(max_retries=1, base_delay=0.01, max_delay=0.05),
+                    timeouts=Timeouts(connect=2, first_byte=1.0, total=3.0)),
+    )
+    host = EngineHost(database, data=data_dir,
+                      settings=WorkerSettings(poll_interval=0.05, heartbeat_interval=0.5))
+    host.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not run_progress(database, run_id).status.is_finished:
+            assert time.monotonic() < deadline, "the run did not finish in 20 s"
+            time.sleep(0.05)
+    finally:
+        host.stop(10)
+
+    items = items_of(database, dataset)
+    assert {item.status for item in items} == {ItemStatus.GENERATED}
+    with database.read() as session:
+        flags = {g.item_id: g.quality_flags for g in session.scalars(
+            select(Generation).where(Generation.id.in_([i.current_generation_id for i in items])))}
+    refused_mc, clean_mc, refused_fib = (flags[item.id] for item in items)
+    assert {REFUSAL, DUPLICATE_OPTIONS, PARSER_FALLBACK} <= set(refused_mc)
+    assert "reads as a refusal" in refused_mc[REFUSAL]["reason"]
+    assert "'plain'" in refused_mc[PARSER_FALLBACK]["reason"]
+    assert set(refused_fib) == {REFUSAL, PARSER_FALLBACK}
+    assert clean_mc == {}

@@ -203,6 +203,9 @@ class GenerationResult:
     full_question: str
     raw_answer: str | None
     raw_distractors: str | None
+    answer_method: str | None = None  # parsing.ParsedAnswer.method; None when reused
+    distractor_method: str | None = None  # parsing.ParsedOptions.method
+    expected_options: int | None = None  # correct answer + distractors asked for
 
 
 @dataclass
@@ -364,6 +367,7 @@ class ItemGenerator:
         outcome: ItemOutcome,
         image_bytes: Callable[[], Awaitable[bytes]],
     ) -> GenerationResult:
+        answer_method: str | None = None
         if job.distractors_only:
             assert job.previous_answer is not None
             answer, explanation, raw_answer = job.previous_answer, job.previous_explanation, None
@@ -373,6 +377,7 @@ class ItemGenerator:
                 job, outcome, image_bytes, Role.ANSWER, Step.ANSWER, prompt, key, parse_answer
             )
             answer, explanation = parsed.answer, parsed.explanation
+            answer_method = parsed.method
 
         if job.question_type is not QuestionType.MULTIPLE_CHOICE:
             return GenerationResult(
@@ -385,13 +390,17 @@ class ItemGenerator:
                 full_question=job.question,
                 raw_answer=raw_answer,
                 raw_distractors=None,
+                answer_method=answer_method,
             )
 
         prompt, key, count = self.distractor_request(job, answer)
         minimum = self.settings.distractors_min
+        methods: list[str] = []  # of each parse; the last is the one that succeeded
 
         def parse_clean(text: str) -> list[str]:
-            options = clean_distractors(parse_distractors(text).options, answer)
+            parsed_options = parse_distractors(text)
+            methods.append(parsed_options.method)
+            options = clean_distractors(parsed_options.options, answer)
             if len(options) < minimum:
                 raise FormatError(
                     f"only {len(options)} usable distractor(s) for correct answer {answer!r} "
@@ -421,6 +430,9 @@ class ItemGenerator:
             full_question=compose_full_question(job.question, options),
             raw_answer=raw_answer,
             raw_distractors=raw_distractors,
+            answer_method=answer_method,
+            distractor_method=methods[-1] if methods else None,
+            expected_options=count + 1,
         )
 
     async def _call(

@@ -35,8 +35,9 @@ from db.models import (
     Run,
     RunStatus,
 )
-from vqa_engine.generator import ItemOutcome
+from vqa_engine.generator import GenerationResult, ItemOutcome
 from vqa_engine.ledger import LedgerRecord, record_entries
+from vqa_engine.quality import check_generation
 from vqa_engine.runs import utcnow
 
 ITEMS = Item.__table__
@@ -214,6 +215,16 @@ def _generation_row(item_id: int, run_id: int, outcome: ItemOutcome, now: dateti
     return row
 
 
+def _quality_flags(result: GenerationResult) -> dict[str, Any]:
+    question_type = (QuestionType.MULTIPLE_CHOICE if result.correct_letter is not None
+                     else QuestionType.FILL_IN_BLANK)
+    return dict(check_generation(
+        question_type, result.answer, result.options, result.correct_letter, result.explanation,
+        expected_options=result.expected_options, answer_method=result.answer_method,
+        distractor_method=result.distractor_method,
+    ))
+
+
 def store_outcomes(
     session: Session, run_id: int, worker_id: str, outcomes: Sequence[ItemOutcome]
 ) -> RunUsage:
@@ -248,6 +259,7 @@ def store_outcomes(
                 raw_answer=result.raw_answer, raw_distractors=result.raw_distractors,
                 latency_ms=outcome.latency_ms, prompt_tokens=outcome.prompt_tokens,
                 completion_tokens=outcome.completion_tokens,
+                quality_flags=_quality_flags(result),
             ))
     current: dict[int, int] = {}
     if rows:
