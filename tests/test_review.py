@@ -232,6 +232,19 @@ def test_edit_adds_a_generation_and_keeps_the_old_one(database: Database, items:
     assert event.before["answer"] == "cat" and event.after["answer"] == "house cat"
 
 
+def test_an_edit_is_checked_like_a_model_generation(database: Database, items: Items) -> None:
+    review.edit(database, items.mc, curator="alice",
+                expected_version=version_of(database, items.mc),
+                options={"A": "a cat", "B": "cat", "C": "lynx"}, correct_letter="B")
+    _, current, _ = state(database, items.mc)
+    assert current is not None and "distractor_is_answer" in current.quality_flags
+    review.edit(database, items.mc, curator="alice",
+                expected_version=version_of(database, items.mc),
+                options={"A": "dog", "B": "cat", "C": "lynx"}, correct_letter="B")
+    _, fixed, _ = state(database, items.mc)
+    assert fixed is not None and fixed.quality_flags == {}
+
+
 def test_edit_of_the_explanation_only_keeps_the_option_layout(database: Database,
                                                               items: Items) -> None:
     review.edit(database, items.mc, curator="alice",

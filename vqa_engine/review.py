@@ -37,6 +37,7 @@ from db.models import (
     utcnow,
 )
 from vqa_engine.errors import ConflictError, ValidationError, VQAError
+from vqa_engine.quality import check_generation
 from vqa_engine.records import LETTERS, compose_full_question
 
 if TYPE_CHECKING:
@@ -512,7 +513,11 @@ def edit(
                 full_question=full_question,
                 model=current.model if current else None,
                 prompt_version=current.prompt_version if current else None,
-                quality_flags={},
+                quality_flags=check_generation(
+                    item.question_type, content.answer, content.options, content.correct_letter,
+                    new_explanation, expected_options=None, answer_method=None,
+                    distractor_method=None,
+                ),
             )
             session.add(generation)
             session.flush()
