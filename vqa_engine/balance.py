@@ -1,0 +1,240 @@
+"""Balanced letters: spread correct letters evenly over a dataset's multiple-choice items.
+
+A model (or a fixed shuffle) can leave "B" correct far more often than "D", and a benchmark
+whose answers lean on one letter rewards guessing it. Balancing re-orders options so that,
+among items with the same option count, every letter is correct within one time of every
+other letter. The plan is deterministic for a seed, keeps as many items as possible where
+they are, and never changes an item's texts: a changed item gets a new RESHUFFLE generation
+with the correct text moved to its target letter and the distractors in their old relative
+order, plus one review event holding the state before and after, like a curator's reshuffle.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm.exc import StaleDataError
+
+from db.engine import Database
+from db.models import (
+    Dataset,
+    Generation,
+    GenerationSource,
+    Item,
+    ItemStatus,
+    QuestionType,
+    ReviewAction,
+    utcnow,
+)
+from vqa_engine.errors import ValidationError
+from vqa_engine.records import LETTERS, compose_full_question
+from vqa_engine.review import _current, _curator, _derived, _placed, _record, _snapshot, _stale
+
+PAGE_SIZE = 500
+DEFAULT_STATUSES: tuple[ItemStatus, ...] = (ItemStatus.GENERATED, ItemStatus.ACCEPTED)
+
+Histogram = dict[int, dict[str, int]]
+
+
+@dataclass(frozen=True)
+class BalanceSummary:
+    """Per option count, how many items had each correct letter before and after."""
+
+    changed: int
+    unchanged: int
+    histogram_before: Histogram
+    histogram_after: Histogram
+    skipped: int = 0  # planned moves left alone because the item changed meanwhile
+
+
+@dataclass(frozen=True)
+class _Placement:
+    item_id: int
+    option_count: int
+    letter: str | None
+
+
+def _placements(
+    database: Database, dataset_id: int, statuses: tuple[ItemStatus, ...]
+) -> Iterator[_Placement]:
+    """Every eligible item's option count and correct letter, read a page at a time."""
+    last_id = 0
+    while True:
+        with database.read() as session:
+            rows = session.execute(
+                select(Item.id, Generation.options, Generation.correct_letter)
+                .join(Generation, Generation.id == Item.current_generation_id)
+                .where(
+                    Item.dataset_id == dataset_id,
+                    Item.id > last_id,
+                    Item.question_type == QuestionType.MULTIPLE_CHOICE,
+                    Item.status.in_(statuses),
+                    Generation.ok.is_(True),
+                )
+                .order_by(Item.id)
+                .limit(PAGE_SIZE)
+            ).all()
+        if not rows:
+            return
+        for item_id, options, letter in rows:
+            count = len(options or {})
+            if count >= 2:
+                yield _Placement(item_id, count, letter if letter in options else None)
+        last_id = rows[-1][0]
+
+
+def _histogram(placements: Iterable[_Placement]) -> Histogram:
+    histogram: Histogram = {}
+    for placement in placements:
+        counts = histogram.setdefault(
+            placement.option_count, dict.fromkeys(LETTERS[: placement.option_count], 0)
+        )
+        if placement.letter is not None:
+            counts[placement.letter] += 1
+    return dict(sorted(histogram.items()))
+
+
+def _plan_group(placements: list[_Placement], seed: int) -> dict[int, str]:
+    """Target letters for items with one option count: {item_id: letter} for moves only.
+
+    The letters already holding the most items get the remainder's extra slot, so a
+    balanced group needs no move and an unbalanced one needs the fewest; ties, and which
+    items stay, follow a seeded shuffle of the items in id order.
+    """
+    count = placements[0].option_count
+    letters = list(LETTERS[:count])
+    rng = random.Random(seed * 1_000_003 + count)
+    ordered = sorted(placements, key=lambda p: p.item_id)
+    rng.shuffle(ordered)
+    tie_order = letters[:]
+    rng.shuffle(tie_order)
+    current = {letter: 0 for letter in letters}
+    for placement in ordered:
+        if placement.letter is not None:
+            current[placement.letter] += 1
+    base, extra = divmod(len(ordered), count)
+    by_size = sorted(letters, key=lambda letter: (-current[letter], tie_order.index(letter)))
+    quota = {letter: base + (1 if rank < extra else 0) for rank, letter in enumerate(by_size)}
+    kept = {letter: 0 for letter in letters}
+    movers: list[_Placement] = []
+    for placement in ordered:
+        if placement.letter is not None and kept[placement.letter] < quota[placement.letter]:
+            kept[placement.letter] += 1
+        else:
+            movers.append(placement)
+    open_slots = [
+        letter for letter in tie_order for _ in range(quota[letter] - kept[letter])
+    ]
+    return {placement.item_id: letter for placement, letter in zip(movers, open_slots)}
+
+
+def _dataset_exists(database: Database, dataset_id: int) -> None:
+    with database.read() as session:
+        if session.get(Dataset, dataset_id) is None:
+            raise ValidationError(
+                f"dataset {dataset_id} does not exist; pick one from `python -m vqa_engine "
+                "datasets` or import one first"
+            )
+
+
+def _apply_page(
+    database: Database,
+    moves: dict[int, tuple[str | None, str]],
+    *,
+    curator: str,
+    reason: str,
+    statuses: tuple[ItemStatus, ...],
+) -> tuple[int, int]:
+    """Apply planned moves {item_id: (letter planned from, target)}; (changed, skipped)."""
+    changed = skipped = 0
+    try:
+        with database.write() as session:
+            items = session.scalars(
+                select(Item).where(Item.id.in_(list(moves))).order_by(Item.id).with_for_update()
+            ).all()
+            skipped += len(moves) - len(items)
+            for item in items:
+                planned_from, target = moves[item.id]
+                current = _current(session, item)
+                answer, distractors, options, letter = _derived(current)
+                if (
+                    current is None
+                    or item.status not in statuses
+                    or not answer
+                    or letter != planned_from
+                    or target not in LETTERS[: len(options)]
+                ):
+                    skipped += 1
+                    continue
+                before = _snapshot(item, current)
+                new_options = _placed(answer, distractors, target)
+                generation = Generation(
+                    item_id=item.id,
+                    source=GenerationSource.RESHUFFLE,
+                    ok=True,
+                    answer=answer,
+                    explanation=current.explanation,
+                    distractors=list(distractors),
+                    options=new_options,
+                    correct_letter=target,
+                    shuffle_seed=None,
+                    full_question=compose_full_question(item.question, new_options),
+                    model=current.model,
+                    prompt_version=current.prompt_version,
+                    quality_flags=dict(current.quality_flags or {}),
+                )
+                session.add(generation)
+                session.flush()
+                item.current_generation_id = generation.id
+                item.updated_at = utcnow()
+                _record(session, item, curator=curator, action=ReviewAction.RESHUFFLE,
+                        before=before, reason=reason)
+                changed += 1
+    except StaleDataError:
+        raise _stale(min(moves)) from None
+    return changed, skipped
+
+
+def balance_letters(
+    database: Database,
+    dataset_id: int,
+    *,
+    curator: str,
+    seed: int = 0,
+    statuses: Iterable[ItemStatus] = DEFAULT_STATUSES,
+) -> BalanceSummary:
+    """Re-order options so each option count's correct letters are within one of each other."""
+    name = _curator(curator)
+    wanted = tuple(ItemStatus(status) for status in statuses)
+    _dataset_exists(database, dataset_id)
+    groups: dict[int, list[_Placement]] = {}
+    for placement in _placements(database, dataset_id, wanted):
+        groups.setdefault(placement.option_count, []).append(placement)
+    before = _histogram(p for group in groups.values() for p in group)
+    moves: dict[int, tuple[str | None, str]] = {}
+    for group in groups.values():
+        planned_from = {p.item_id: p.letter for p in group}
+        for item_id, target in _plan_group(group, seed).items():
+            moves[item_id] = (planned_from[item_id], target)
+    reason = f"balance letters (seed {seed})"
+    changed = skipped = 0
+    ordered_ids = sorted(moves)
+    for start in range(0, len(ordered_ids), PAGE_SIZE):
+        page = {item_id: moves[item_id] for item_id in ordered_ids[start : start + PAGE_SIZE]}
+        page_changed, page_skipped = _apply_page(
+            database, page, curator=name, reason=reason, statuses=wanted
+        )
+        changed += page_changed
+        skipped += page_skipped
+    after = _histogram(_placements(database, dataset_id, wanted))
+    total = sum(len(group) for group in groups.values())
+    return BalanceSummary(
+        changed=changed,
+        unchanged=total - changed,
+        histogram_before=before,
+        histogram_after=after,
+        skipped=skipped,
+    )
