@@ -180,3 +180,20 @@ def test_the_same_seed_gives_the_same_layout_on_identical_datasets(tmp_path: Pat
             database.close()
     assert layouts[0] == layouts[1]
 
+
+
+def test_the_balance_command_prints_the_histograms_and_balances(
+    database: Database, data_dir: Path, monkeypatch, capsys
+):
+    from vqa_engine.cli import main
+
+    skewed_dataset(database, data_dir)
+    monkeypatch.setenv("VQA_DATABASE_URL", f"sqlite:///{data_dir / 'vqa.db'}")
+    assert main(["balance", "--dataset", "animals", "--seed", "4", "--curator", "ana"]) == 0
+    out = capsys.readouterr().out
+    assert "3 options: before A=11 B=0 C=0 | after" in out
+    assert "11 items re-ordered, 9 unchanged" in out
+    with database.read() as session:
+        reasons = set(session.scalars(select(ReviewEvent.reason)))
+    assert reasons == {"balance letters (seed 4)"}
+    assert main(["balance", "--dataset", "nope"]) == 1

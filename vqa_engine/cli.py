@@ -176,6 +176,36 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_balance(args: argparse.Namespace) -> int:
+    from db.engine import open_database
+    from db.queries import dataset_by_name, dataset_overview
+    from vqa_engine.balance import balance_letters
+    from vqa_engine.errors import ValidationError
+
+    database = open_database()
+    try:
+        with database.read() as session:
+            dataset = dataset_by_name(session, args.dataset)
+            if dataset is None:
+                names = [entry.name for entry in dataset_overview(session)]
+                known = ", ".join(repr(n) for n in names[:20]) or "none yet"
+                raise ValidationError(
+                    f"no dataset named {args.dataset!r}; known datasets: {known}"
+                )
+            dataset_id = dataset.id
+        summary = balance_letters(database, dataset_id, curator=args.curator, seed=args.seed)
+    finally:
+        database.close()
+    for count, before in summary.histogram_before.items():
+        after = summary.histogram_after.get(count, {})
+        print(f"{count} options: before " + " ".join(f"{k}={v}" for k, v in before.items())
+              + " | after " + " ".join(f"{k}={v}" for k, v in after.items()))
+    print(f"balanced '{args.dataset}' with seed {args.seed}: {summary.changed} items "
+          f"re-ordered, {summary.unchanged} unchanged"
+          + (f", {summary.skipped} changed meanwhile and left alone" if summary.skipped else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vqa_engine", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -271,6 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
                           help="names: the image file names (default); zip: OUT_PATH is a zip "
                           "with the export and an images/ folder; embedded: data: URLs")
     exporter.set_defaults(handler=_cmd_export)
+
+    balancer = commands.add_parser(
+        "balance", help="re-order options so correct letters are spread evenly",
+        description="Re-order the options of generated and accepted multiple-choice items so "
+        "that, per option count, every letter is correct within one time of the others. "
+        "Texts never change; each re-ordered item gets a review event.",
+    )
+    balancer.add_argument("--dataset", required=True, metavar="NAME")
+    balancer.add_argument("--seed", type=int, default=0, help="plan seed (default 0)")
+    balancer.add_argument("--curator", default="cli", metavar="NAME",
+                          help="name recorded on the review events (default: cli)")
+    balancer.set_defaults(handler=_cmd_balance)
     return parser
 
 
