@@ -197,3 +197,23 @@ def test_the_balance_command_prints_the_histograms_and_balances(
         reasons = set(session.scalars(select(ReviewEvent.reason)))
     assert reasons == {"balance letters (seed 4)"}
     assert main(["balance", "--dataset", "nope"]) == 1
+
+
+def test_balancing_across_many_small_pages_gives_the_same_result(
+    database: Database, data_dir: Path, tmp_path: Path, monkeypatch
+):
+    from vqa_engine import balance
+
+    whole = balance_letters(database, skewed_dataset(database, data_dir), curator="ana", seed=8)
+    expected = layout(database, 1)
+    folder = tmp_path / "paged"
+    folder.mkdir()
+    monkeypatch.setattr(balance, "PAGE_SIZE", 3)
+    paged_database = open_database(f"sqlite:///{folder / 'vqa.db'}")
+    try:
+        paged = balance_letters(paged_database, skewed_dataset(paged_database, folder),
+                                curator="ana", seed=8)
+        assert layout(paged_database, 1) == expected
+    finally:
+        paged_database.close()
+    assert paged == whole
