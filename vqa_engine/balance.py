@@ -22,16 +22,23 @@ from db.engine import Database
 from db.models import (
     Dataset,
     Generation,
-    GenerationSource,
     Item,
     ItemStatus,
     QuestionType,
     ReviewAction,
-    utcnow,
 )
 from vqa_engine.errors import ValidationError
-from vqa_engine.records import LETTERS, compose_full_question
-from vqa_engine.review import _current, _curator, _derived, _placed, _record, _snapshot, _stale
+from vqa_engine.records import LETTERS
+from vqa_engine.review import (
+    _curator,
+    _current,
+    _derived,
+    _placed,
+    _record,
+    _snapshot,
+    _stale,
+    add_reordered_generation,
+)
 
 PAGE_SIZE = 500
 DEFAULT_STATUSES: tuple[ItemStatus, ...] = (ItemStatus.GENERATED, ItemStatus.ACCEPTED)
@@ -171,25 +178,9 @@ def _apply_page(
                     continue
                 before = _snapshot(item, current)
                 new_options = _placed(answer, distractors, target)
-                generation = Generation(
-                    item_id=item.id,
-                    source=GenerationSource.RESHUFFLE,
-                    ok=True,
-                    answer=answer,
-                    explanation=current.explanation,
-                    distractors=list(distractors),
-                    options=new_options,
-                    correct_letter=target,
-                    shuffle_seed=None,
-                    full_question=compose_full_question(item.question, new_options),
-                    model=current.model,
-                    prompt_version=current.prompt_version,
-                    quality_flags=dict(current.quality_flags or {}),
-                )
-                session.add(generation)
-                session.flush()
-                item.current_generation_id = generation.id
-                item.updated_at = utcnow()
+                add_reordered_generation(session, item, current, answer=answer,
+                                         distractors=distractors, options=new_options,
+                                         letter=target, seed=None)
                 _record(session, item, curator=curator, action=ReviewAction.RESHUFFLE,
                         before=before, reason=reason)
                 changed += 1

@@ -533,6 +533,40 @@ def edit(
         raise _stale(item_id) from None
 
 
+def add_reordered_generation(
+    session: Session,
+    item: Item,
+    current: Generation,
+    *,
+    answer: str,
+    distractors: Sequence[str],
+    options: dict[str, str],
+    letter: str,
+    seed: int | None,
+) -> Generation:
+    """Make a RESHUFFLE generation (same texts, new order) the item's current one."""
+    generation = Generation(
+        item_id=item.id,
+        source=GenerationSource.RESHUFFLE,
+        ok=True,
+        answer=answer,
+        explanation=current.explanation,
+        distractors=list(distractors),
+        options=options,
+        correct_letter=letter,
+        shuffle_seed=seed,
+        full_question=compose_full_question(item.question, options),
+        model=current.model,
+        prompt_version=current.prompt_version,
+        quality_flags=dict(current.quality_flags or {}),
+    )
+    session.add(generation)
+    session.flush()
+    item.current_generation_id = generation.id
+    item.updated_at = utcnow()
+    return generation
+
+
 def reshuffle(
     database: Database,
     item_id: int,
@@ -568,25 +602,9 @@ def reshuffle(
                     break
                 seed = _new_seed()
                 options, letter = _shuffle(answer, distractors, seed)
-            generation = Generation(
-                item_id=item.id,
-                source=GenerationSource.RESHUFFLE,
-                ok=True,
-                answer=answer,
-                explanation=current.explanation,
-                distractors=list(distractors),
-                options=options,
-                correct_letter=letter,
-                shuffle_seed=seed,
-                full_question=compose_full_question(item.question, options),
-                model=current.model,
-                prompt_version=current.prompt_version,
-                quality_flags=dict(current.quality_flags or {}),
-            )
-            session.add(generation)
-            session.flush()
-            item.current_generation_id = generation.id
-            item.updated_at = utcnow()
+            add_reordered_generation(session, item, current, answer=answer,
+                                     distractors=distractors, options=options, letter=letter,
+                                     seed=seed)
             event = _record(session, item, curator=name, action=ReviewAction.RESHUFFLE,
                             before=before, reason=reason)
             return _result(item, event)
