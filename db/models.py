@@ -110,6 +110,16 @@ class ReviewAction(str, enum.Enum):
     UNDO = "undo"
 
 
+class BulkAction(str, enum.Enum):
+    """What one curator did to many items at once; each item also gets its own event."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    REGENERATE = "regenerate"
+    RESHUFFLE = "reshuffle"
+    BALANCE = "balance"
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
 
@@ -117,6 +127,8 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     default_question_type: Mapped[QuestionType | None] = mapped_column(_enum(QuestionType))
     source_name: Mapped[str] = mapped_column(String(500), default="")
+    # Distinct curators who must decide an item before it counts as reviewed (double review).
+    reviews_required: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     items: Mapped[list[Item]] = relationship(back_populates="dataset", lazy="raise")
@@ -283,11 +295,45 @@ class LedgerEntry(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class ReviewBatch(Base):
+    """One bulk action; its per-item events point here so the whole batch undoes as one."""
+
+    __tablename__ = "review_batches"
+    __table_args__ = (Index("ix_review_batches_dataset", "dataset_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    curator: Mapped[str] = mapped_column(String(200))
+    action: Mapped[BulkAction] = mapped_column(_enum(BulkAction))
+    description: Mapped[str] = mapped_column(Text, default="")  # the filter it applied to
+    item_count: Mapped[int] = mapped_column(Integer, default=0)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    undone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    undone_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class ReviewLease(Base):
+    """A curator's short claim on an item, so "next item" hands each curator a different one."""
+
+    __tablename__ = "review_leases"
+    __table_args__ = (Index("ix_review_leases_dataset_expires", "dataset_id", "expires_at"),)
+
+    item_id: Mapped[int] = mapped_column(
+        ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
+    )
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    curator: Mapped[str] = mapped_column(String(200))
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ReviewEvent(Base):
     __tablename__ = "review_events"
     __table_args__ = (
         Index("ix_review_events_item", "item_id", "id"),
         Index("ix_review_events_curator", "curator"),
+        Index("ix_review_events_batch", "batch_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -297,7 +343,10 @@ class ReviewEvent(Base):
     before: Mapped[dict[str, Any]] = mapped_column(default=dict)
     after: Mapped[dict[str, Any]] = mapped_column(default=dict)
     reason: Mapped[str | None] = mapped_column(Text)
-    undone_by: Mapped[int | None] = mapped_column(Integer)
+    undone_by: Mapped[int | None] = mapped_column(Integer)  # the UNDO event's id
+    batch_id: Mapped[int | None] = mapped_column(
+        ForeignKey("review_batches.id", ondelete="SET NULL")
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
