@@ -30,13 +30,13 @@ from db.models import (
 from vqa_engine.errors import ValidationError
 from vqa_engine.records import LETTERS
 from vqa_engine.review import (
-    _curator,
-    _current,
-    _derived,
-    _placed,
-    _record,
-    _snapshot,
-    _stale,
+    clean_curator,
+    current_generation,
+    option_parts,
+    options_with_answer_at,
+    record_event,
+    snapshot,
+    stale_conflict,
     add_reordered_generation,
 )
 
@@ -165,8 +165,8 @@ def _apply_page(
             skipped += len(moves) - len(items)
             for item in items:
                 planned_from, target = moves[item.id]
-                current = _current(session, item)
-                answer, distractors, options, letter = _derived(current)
+                current = current_generation(session, item)
+                answer, distractors, options, letter = option_parts(current)
                 if (
                     current is None
                     or item.status not in statuses
@@ -176,16 +176,16 @@ def _apply_page(
                 ):
                     skipped += 1
                     continue
-                before = _snapshot(item, current)
-                new_options = _placed(answer, distractors, target)
+                before = snapshot(item, current)
+                new_options = options_with_answer_at(answer, distractors, target)
                 add_reordered_generation(session, item, current, answer=answer,
                                          distractors=distractors, options=new_options,
                                          letter=target, seed=None)
-                _record(session, item, curator=curator, action=ReviewAction.RESHUFFLE,
+                record_event(session, item, curator=curator, action=ReviewAction.RESHUFFLE,
                         before=before, reason=reason)
                 changed += 1
     except StaleDataError:
-        raise _stale(min(moves)) from None
+        raise stale_conflict(min(moves)) from None
     return changed, skipped
 
 
@@ -198,7 +198,7 @@ def balance_letters(
     statuses: Iterable[ItemStatus] = DEFAULT_STATUSES,
 ) -> BalanceSummary:
     """Re-order options so each option count's correct letters are within one of each other."""
-    name = _curator(curator)
+    name = clean_curator(curator)
     wanted = tuple(ItemStatus(status) for status in statuses)
     _dataset_exists(database, dataset_id)
     groups: dict[int, list[_Placement]] = {}

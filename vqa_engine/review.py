@@ -99,7 +99,7 @@ class HistoryEntry:
 # ---------------------------------------------------------------- validation
 
 
-def _curator(name: str) -> str:
+def clean_curator(name: str) -> str:
     cleaned = (name or "").strip()
     if not cleaned:
         raise ValidationError("curator name is empty; type your name before reviewing")
@@ -108,6 +108,9 @@ def _curator(name: str) -> str:
             f"curator name is {len(cleaned)} characters long; use at most {MAX_CURATOR_LENGTH}"
         )
     return cleaned
+
+
+_curator = clean_curator  # older name, still imported elsewhere
 
 
 def comparable(text: str) -> str:
@@ -159,7 +162,7 @@ def validate_options(options: Mapping[str, str], correct_letter: str) -> None:
 # ---------------------------------------------------------------- state snapshots
 
 
-def _snapshot(item: Item, generation: Generation | None) -> dict[str, Any]:
+def snapshot(item: Item, generation: Generation | None) -> dict[str, Any]:
     return {
         "status": item.status.value,
         "version": item.version,
@@ -171,7 +174,7 @@ def _snapshot(item: Item, generation: Generation | None) -> dict[str, Any]:
     }
 
 
-def _current(session: Session, item: Item) -> Generation | None:
+def current_generation(session: Session, item: Item) -> Generation | None:
     if item.current_generation_id is None:
         return None
     return session.get(Generation, item.current_generation_id)
@@ -218,7 +221,7 @@ def _locked_item(session: Session, item_id: int, expected_version: int) -> Item:
     return item
 
 
-def _record(
+def record_event(
     session: Session,
     item: Item,
     *,
@@ -226,6 +229,7 @@ def _record(
     action: ReviewAction,
     before: dict[str, Any],
     reason: str | None,
+    batch_id: int | None = None,
 ) -> ReviewEvent:
     session.flush()  # bumps item.version
     event = ReviewEvent(
@@ -233,8 +237,9 @@ def _record(
         curator=curator,
         action=action,
         before=before,
-        after=_snapshot(item, _current(session, item)),
+        after=snapshot(item, current_generation(session, item)),
         reason=(reason or "").strip() or None,
+        batch_id=batch_id,
     )
     session.add(event)
     session.flush()
@@ -253,7 +258,7 @@ def _result(item: Item, event: ReviewEvent, run_id: int | None = None) -> Review
     )
 
 
-def _stale(item_id: int) -> ConflictError:
+def stale_conflict(item_id: int) -> ConflictError:
     return ConflictError(
         f"item {item_id} was changed by someone else while your action was being saved; "
         "the fresh version is shown, check it and repeat your action if it still applies"
@@ -273,22 +278,22 @@ def _decide(
     action: ReviewAction,
     reason: str | None,
 ) -> ReviewResult:
-    name = _curator(curator)
+    name = clean_curator(curator)
     try:
         with database.write() as session:
             item = _locked_item(session, item_id, expected_version)
             if item.status not in DECIDABLE or item.current_generation_id is None:
                 why = _WHY_NOT_DECIDABLE.get(item.status, "it has no generated content")
                 raise ValidationError(f"item {item_id} cannot be {status.value}: {why}")
-            before = _snapshot(item, _current(session, item))
+            before = snapshot(item, current_generation(session, item))
             item.status = status
             item.updated_at = utcnow()
-            event = _record(
+            event = record_event(
                 session, item, curator=name, action=action, before=before, reason=reason
             )
             return _result(item, event)
     except StaleDataError:
-        raise _stale(item_id) from None
+        raise stale_conflict(item_id) from None
 
 
 def accept(
@@ -331,7 +336,9 @@ def _shuffle(correct: str, distractors: Sequence[str], seed: int) -> tuple[dict[
     return dict(options), letter
 
 
-def _placed(answer: str, distractors: Sequence[str], letter: str) -> dict[str, str]:
+def options_with_answer_at(
+    answer: str, distractors: Sequence[str], letter: str
+) -> dict[str, str]:
     """Answer at `letter`, distractors in the given order in the other letters."""
     count = len(distractors) + 1
     others = iter(distractors)
@@ -341,7 +348,7 @@ def _placed(answer: str, distractors: Sequence[str], letter: str) -> dict[str, s
     }
 
 
-def _derived(
+def option_parts(
     generation: Generation | None,
 ) -> tuple[str | None, list[str], dict[str, str], str | None]:
     """(answer, distractors in letter order, options, correct letter) of a generation."""
@@ -372,7 +379,7 @@ def _multiple_choice_content(
     options: Mapping[str, str] | None,
     correct_letter: str | None,
 ) -> _Content:
-    old_answer, old_distractors, old_options, old_letter = _derived(current)
+    old_answer, old_distractors, old_options, old_letter = option_parts(current)
     letter = correct_letter.strip().upper() if correct_letter else None
     if options is not None:
         cleaned = {str(k).strip().upper(): str(v).strip() for k, v in options.items()}
@@ -423,14 +430,14 @@ def _multiple_choice_content(
             f"correct letter {letter!r} is not one of the options; pick one of "
             f"{', '.join(LETTERS[:count])}"
         )
-    placed = _placed(new_answer, new_distractors, letter)
-    validate_options(placed, letter)
-    return _Content(new_answer, new_distractors, placed, letter, seed)
+    arranged = options_with_answer_at(new_answer, new_distractors, letter)
+    validate_options(arranged, letter)
+    return _Content(new_answer, new_distractors, arranged, letter, seed)
 
 
 def _check_texts(answer: str, distractors: Sequence[str]) -> None:
     """Validate before shuffling, naming the letters the texts would get unshuffled."""
-    validate_options(_placed(answer, distractors, "A"), "A")
+    validate_options(options_with_answer_at(answer, distractors, "A"), "A")
 
 
 def edit(
@@ -457,7 +464,7 @@ def edit(
     The decision (accepted / rejected / generated) is kept; a pending or failed item
     becomes generated.
     """
-    name = _curator(curator)
+    name = clean_curator(curator)
     try:
         with database.write() as session:
             item = _locked_item(session, item_id, expected_version)
@@ -465,8 +472,8 @@ def edit(
                 raise ValidationError(
                     f"item {item_id} cannot be edited: {_WHY_NOT_DECIDABLE[item.status]}"
                 )
-            current = _current(session, item)
-            before = _snapshot(item, current)
+            current = current_generation(session, item)
+            before = snapshot(item, current)
             if item.question_type is QuestionType.MULTIPLE_CHOICE:
                 content = _multiple_choice_content(
                     current, answer=answer, distractors=distractors, options=options,
@@ -526,11 +533,11 @@ def edit(
                 item.status = ItemStatus.GENERATED
                 item.last_error = None
             item.updated_at = utcnow()
-            event = _record(session, item, curator=name, action=ReviewAction.EDIT,
+            event = record_event(session, item, curator=name, action=ReviewAction.EDIT,
                             before=before, reason=reason)
             return _result(item, event)
     except StaleDataError:
-        raise _stale(item_id) from None
+        raise stale_conflict(item_id) from None
 
 
 def add_reordered_generation(
@@ -567,6 +574,20 @@ def add_reordered_generation(
     return generation
 
 
+def new_order(
+    answer: str, distractors: Sequence[str], old_options: Mapping[str, str]
+) -> tuple[dict[str, str], str, int]:
+    """A fresh recorded shuffle that differs from the current order whenever it can."""
+    seed = _new_seed()
+    options, letter = _shuffle(answer, distractors, seed)
+    for _ in range(RESHUFFLE_ATTEMPTS):
+        if list(options.values()) != list(old_options.values()):
+            break
+        seed = _new_seed()
+        options, letter = _shuffle(answer, distractors, seed)
+    return options, letter, seed
+
+
 def reshuffle(
     database: Database,
     item_id: int,
@@ -576,7 +597,7 @@ def reshuffle(
     reason: str | None = None,
 ) -> ReviewResult:
     """Same texts, new option order from a new recorded seed (source RESHUFFLE)."""
-    name = _curator(curator)
+    name = clean_curator(curator)
     try:
         with database.write() as session:
             item = _locked_item(session, item_id, expected_version)
@@ -588,28 +609,22 @@ def reshuffle(
                 raise ValidationError(
                     f"item {item_id} cannot be reshuffled: {_WHY_NOT_DECIDABLE[item.status]}"
                 )
-            current = _current(session, item)
-            answer, distractors, old_options, _ = _derived(current)
+            current = current_generation(session, item)
+            answer, distractors, old_options, _ = option_parts(current)
             if current is None or not answer or not distractors:
                 raise ValidationError(
                     f"item {item_id} has no options to reshuffle; regenerate or edit it first"
                 )
-            before = _snapshot(item, current)
-            seed = _new_seed()
-            options, letter = _shuffle(answer, distractors, seed)
-            for _ in range(RESHUFFLE_ATTEMPTS):
-                if list(options.values()) != list(old_options.values()):
-                    break
-                seed = _new_seed()
-                options, letter = _shuffle(answer, distractors, seed)
+            before = snapshot(item, current)
+            options, letter, seed = new_order(answer, distractors, old_options)
             add_reordered_generation(session, item, current, answer=answer,
                                      distractors=distractors, options=options, letter=letter,
                                      seed=seed)
-            event = _record(session, item, curator=name, action=ReviewAction.RESHUFFLE,
+            event = record_event(session, item, curator=name, action=ReviewAction.RESHUFFLE,
                             before=before, reason=reason)
             return _result(item, event)
     except StaleDataError:
-        raise _stale(item_id) from None
+        raise stale_conflict(item_id) from None
 
 
 def regenerate(
@@ -629,7 +644,7 @@ def regenerate(
     on the old version is refused), then `runs.request_regeneration` queues it. The event
     records the state before, and after the request the queued state with its run.
     """
-    name = _curator(curator)
+    name = clean_curator(curator)
     scope = RegenerateScope(scope)
     cleaned_reason = (reason or "").strip() or None
     try:
@@ -641,7 +656,7 @@ def regenerate(
                     ItemStatus.GENERATING: "a run is generating it right now",
                 }[item.status]
                 raise ValidationError(f"item {item_id} cannot be regenerated: {why}")
-            current = _current(session, item)
+            current = current_generation(session, item)
             if scope is RegenerateScope.DISTRACTORS:
                 if item.question_type is not QuestionType.MULTIPLE_CHOICE:
                     raise ValidationError(
@@ -652,14 +667,14 @@ def regenerate(
                     raise ValidationError(
                         f"item {item_id} has no answer to keep; regenerate the whole item"
                     )
-            before = _snapshot(item, current)
+            before = snapshot(item, current)
             item.updated_at = utcnow()
-            event = _record(session, item, curator=name, action=ReviewAction.REGENERATE,
+            event = record_event(session, item, curator=name, action=ReviewAction.REGENERATE,
                             before=before, reason=cleaned_reason)
             event.after = {**event.after, "scope": scope.value, "requested": True}
             event_id = event.id
     except StaleDataError:
-        raise _stale(item_id) from None
+        raise stale_conflict(item_id) from None
 
     from vqa_engine.runs import request_regeneration
 
@@ -678,7 +693,7 @@ def regenerate(
     with database.write() as session:
         item = session.get_one(Item, item_id)
         event = session.get_one(ReviewEvent, event_id)
-        event.after = {**_snapshot(item, _current(session, item)), "scope": scope.value,
+        event.after = {**snapshot(item, current_generation(session, item)), "scope": scope.value,
                        "requested": True, "run_id": run_id}
         return _result(item, event, run_id)
 
