@@ -34,6 +34,8 @@ from db.models import (
     RegenerateScope,
     ReviewAction,
     ReviewEvent,
+    Run,
+    RunStatus,
     utcnow,
 )
 from vqa_engine.errors import ConflictError, ValidationError, VQAError
@@ -698,6 +700,194 @@ def regenerate(
         return _result(item, event, run_id)
 
 
+# ---------------------------------------------------------------- undo
+
+_PAST = {
+    ReviewAction.ACCEPT: "accepted",
+    ReviewAction.REJECT: "rejected",
+    ReviewAction.EDIT: "edited",
+    ReviewAction.REGENERATE: "regenerated",
+    ReviewAction.RESHUFFLE: "reshuffled",
+    ReviewAction.UNDO: "undone",
+}
+
+
+def _counts_as_later(event: ReviewEvent) -> bool:
+    """A later event blocks an undo unless it is an undo, was undone, or changed nothing
+    (a regeneration whose request failed)."""
+    if event.action is ReviewAction.UNDO or event.undone_by is not None:
+        return False
+    return not (event.action is ReviewAction.REGENERATE
+                and (event.after or {}).get("requested") is False)
+
+
+def later_events(session: Session, events: Sequence[ReviewEvent]) -> dict[int, ReviewEvent]:
+    """For each event's item, the newest standing event made after it: {item_id: event}."""
+    if not events:
+        return {}
+    since = {event.item_id: event.id for event in events}
+    found: dict[int, ReviewEvent] = {}
+    item_ids = list(since)
+    for start in range(0, len(item_ids), 500):
+        chunk = item_ids[start : start + 500]
+        candidates = session.scalars(
+            select(ReviewEvent)
+            .where(ReviewEvent.item_id.in_(chunk), ReviewEvent.id > min(since[i] for i in chunk),
+                   ReviewEvent.action != ReviewAction.UNDO, ReviewEvent.undone_by.is_(None))
+            .order_by(ReviewEvent.id)
+        )
+        for candidate in candidates:
+            if candidate.id > since[candidate.item_id] and _counts_as_later(candidate):
+                found[candidate.item_id] = candidate
+    return found
+
+
+def _regeneration_blocker(session: Session, event: ReviewEvent, item: Item) -> str | None:
+    after = event.after or {}
+    run_id = after.get("run_id")
+    if item.run_id != run_id:
+        return (f"item {item.id} was queued again by run {item.run_id} after this "
+                "regeneration; decide or edit the item instead")
+    if item.status in (ItemStatus.PENDING, ItemStatus.GENERATING):
+        run = session.get(Run, run_id) if run_id is not None else None
+        if run is not None and run.status is RunStatus.CANCELLED and (
+            item.current_generation_id == after.get("current_generation_id")
+        ):
+            return None
+        return (f"the regeneration of item {item.id} has not landed yet (it is "
+                f"{item.status.value} in run {run_id}); wait for it, or cancel the run")
+    if item.status is ItemStatus.FAILED:
+        if item.current_generation_id == after.get("current_generation_id"):
+            return None
+    elif item.status is ItemStatus.GENERATED:
+        generation = current_generation(session, item)
+        if (generation is not None and generation.source is GenerationSource.MODEL
+                and generation.run_id == run_id
+                and generation.id > (after.get("current_generation_id") or 0)):
+            return None
+    return (f"item {item.id} was changed at {_when(item.updated_at)} after this regeneration "
+            f"(it is now {item.status.value}); decide or edit the item instead")
+
+
+def undo_blocker(
+    session: Session, event: ReviewEvent, item: Item, later: ReviewEvent | None
+) -> str | None:
+    """Why `event` cannot be undone now (a sentence naming what to do), or None if it can."""
+    action = event.action.value
+    if event.action is ReviewAction.UNDO:
+        return "this is itself an undo; to have its change back, use the action again"
+    if event.undone_by is not None:
+        return f"this {action} was already undone (event {event.undone_by})"
+    if later is not None:
+        return (f"item {item.id} was {_PAST[later.action]} by {later.curator} at "
+                f"{_when(later.created_at)} after this {action}; undo that first")
+    after = event.after or {}
+    if event.action is ReviewAction.REGENERATE and after.get("run_id") is not None:
+        return _regeneration_blocker(session, event, item)
+    if (item.status.value, item.current_generation_id) != (
+        after.get("status"), after.get("current_generation_id")
+    ):
+        return (f"item {item.id} was changed by a generation run at {_when(item.updated_at)} "
+                f"after this {action} (it is now {item.status.value}); decide or edit the "
+                "item instead")
+    return None
+
+
+def _last_failure(session: Session, item_id: int) -> str | None:
+    failed = session.scalars(
+        select(Generation)
+        .where(Generation.item_id == item_id, Generation.ok.is_(False))
+        .order_by(Generation.id.desc())
+        .limit(1)
+    ).first()
+    if failed is None:
+        return None
+    return f"{failed.error_step}: {failed.error_message}" if failed.error_step else (
+        failed.error_message or "failed")
+
+
+def restore(
+    session: Session, item: Item, event: ReviewEvent, *, curator: str
+) -> ReviewEvent:
+    """Put the item back to `event.before` and record the UNDO (checks are the caller's)."""
+    before = snapshot(item, current_generation(session, item))
+    target = event.before or {}
+    item.status = ItemStatus(target["status"])
+    item.current_generation_id = target.get("current_generation_id")
+    if item.status is ItemStatus.FAILED:
+        item.last_error = item.last_error or _last_failure(session, item.id)
+    else:
+        item.last_error = None
+    item.updated_at = utcnow()
+    undo_event = record_event(
+        session, item, curator=curator, action=ReviewAction.UNDO, before=before,
+        reason=f"undo of {event.action.value} (event {event.id}) by {event.curator}",
+    )
+    undo_event.after = {**undo_event.after, "undoes": event.id}
+    event.undone_by = undo_event.id
+    session.flush()
+    return undo_event
+
+
+def undo(database: Database, event_id: int, *, curator: str) -> ReviewResult:
+    """Take back one review event: the item's status and current generation become the
+    event's `before` again. Generations are never deleted, so this is exact.
+
+    Allowed only while nothing happened to the item since the event:
+    - no later standing event (one not itself undone; undos and regeneration requests that
+      failed do not count); undo later events first, newest first;
+    - the item's status and current generation are still those the event left (so a
+      generation run that re-queued, regenerated or failed the item since is noticed even
+      though it writes no event);
+    - a regeneration: the item still belongs to the event's run and is no longer pending or
+      generating (or its run was cancelled before it got to it), and its current generation
+      is that run's new model generation, or, if it failed, still the old one.
+    An undo cannot be undone (use the action again) and an event is undone at most once.
+    Undo writes its own UNDO event (state before and after, `undoes` the event's id) and
+    sets the undone event's `undone_by`; a refusal is a `ConflictError` saying why.
+    """
+    name = clean_curator(curator)
+    try:
+        with database.write() as session:
+            event = session.scalar(
+                select(ReviewEvent).where(ReviewEvent.id == event_id).with_for_update()
+            )
+            if event is None:
+                raise ValidationError(
+                    f"review event {event_id} does not exist; reload the item's history"
+                )
+            item = session.scalar(select(Item).where(Item.id == event.item_id).with_for_update())
+            if item is None:
+                raise ConflictError(f"item {event.item_id} no longer exists; nothing to undo")
+            later = later_events(session, [event]).get(item.id)
+            blocker = undo_blocker(session, event, item, later)
+            if blocker is not None:
+                raise ConflictError(
+                    f"cannot undo the {event.action.value} of item {item.id} by {event.curator} "
+                    f"at {_when(event.created_at)}: {blocker}"
+                )
+            undo_event = restore(session, item, event, curator=name)
+            return _result(item, undo_event)
+    except StaleDataError:
+        raise stale_conflict(event_id) from None
+
+
+def undo_blockers(session: Session, item_id: int) -> dict[int, str | None]:
+    """For each of an item's review events, why it cannot be undone (None: it can)."""
+    item = session.get(Item, item_id)
+    if item is None:
+        return {}
+    events = list(session.scalars(
+        select(ReviewEvent).where(ReviewEvent.item_id == item_id).order_by(ReviewEvent.id)
+    ))
+    standing = [e for e in events if _counts_as_later(e)]
+    blockers: dict[int, str | None] = {}
+    for event in events:
+        later = next((e for e in reversed(standing) if e.id > event.id), None)
+        blockers[event.id] = undo_blocker(session, event, item, later)
+    return blockers
+
+
 # ---------------------------------------------------------------- history
 
 _TRACKED = ("status", "answer", "options", "correct_letter", "explanation",
@@ -752,6 +942,10 @@ def history(session: Session, item_id: int) -> list[HistoryEntry]:
             summary += f" (request failed: {after['error']})"
         elif after.get("scope"):
             summary += f" ({after['scope']})"
+        if event.action is ReviewAction.UNDO and after.get("undoes"):
+            summary += f" of event {after['undoes']}"
+        if event.undone_by is not None:
+            summary += " (undone)"
         entries.append(
             HistoryEntry(
                 at=event.created_at,
