@@ -113,7 +113,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         images=[Path(p) for p in args.images or []], concurrency=args.concurrency,
         batch_size=args.batch_size, base_url=args.base_url, model=args.model,
         api_key_env=args.api_key_env, retries=args.retries, temperature=args.temperature,
-        dataset=args.dataset,
+        dataset=args.dataset, blind_check=args.blind_check, circular_check=args.circular_check,
     )
     return run_pipeline(options).exit_code
 
@@ -271,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=0.7)
     generate.add_argument("--dataset", metavar="NAME",
                           help="dataset name in OUT_DIR's database (default: INPUT's file name)")
+    generate.add_argument("--blind-check", action="store_true",
+                          help="ask each finished multiple-choice question again without the "
+                               "image and flag it blind_answerable when the model still picks "
+                               "the correct letter (1 extra request per item)")
+    generate.add_argument("--circular-check", action="store_true",
+                          help="ask each finished multiple-choice question once per option "
+                               "position, options rotated, and flag it circular_inconsistent "
+                               "when the pick moves or differs from the recorded letter "
+                               "(one extra request per option)")
     generate.add_argument("-v", "--verbose", action="store_true", help="log the engine's work")
     generate.set_defaults(handler=_cmd_generate)
 

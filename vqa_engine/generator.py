@@ -19,6 +19,11 @@ scope `distractors` keeps the current answer and redoes only the distractor call
 Errors: 401/403 (`AuthenticationError`) propagate, the run must stop. 400/404/413/422 end
 the item at once. Anything else (format, timeouts after the client's own retries, 5xx,
 truncated output...) costs one attempt; the item fails when `attempt_limit` is spent.
+
+A finished multiple-choice item then gets the run's model-based checks
+(`vqa_engine.model_checks`), through the same client, gate and ledger (role `check`). A
+check that fails or reads no letter never costs the item: it becomes the flag
+`check_incomplete`, and its error class is counted with the run's errors.
 """
 
 from __future__ import annotations
@@ -42,6 +47,19 @@ from vqa_engine.errors import (
     PayloadTooLargeError,
 )
 from vqa_engine.ledger import LedgerRecord, Role, request_key
+from vqa_engine.model_checks import ROLE as CHECK_ROLE
+from vqa_engine.model_checks import (
+    CHECK_TEMPERATURE,
+    NO_CHECKS,
+    CheckAnswer,
+    CheckAsk,
+    ModelChecks,
+    check_asks,
+    judge,
+    original_letter,
+    parse_choice,
+    rotate_options,
+)
 from vqa_engine.parsing import parse_answer, parse_distractors
 from vqa_engine.prompts import DEFAULT_PROMPTS, PromptSet, answer_prompt, distractor_prompt
 from vqa_engine.records import LETTERS, compose_full_question
@@ -62,6 +80,7 @@ class Step:
     ANSWER = "answer"
     DISTRACTORS = "distractors"
     IMAGE = "image"
+    CHECK = "check"
 
 
 @dataclass(frozen=True)
@@ -206,6 +225,7 @@ class GenerationResult:
     answer_method: str | None = None  # parsing.ParsedAnswer.method; None when reused
     distractor_method: str | None = None  # parsing.ParsedOptions.method
     expected_options: int | None = None  # correct answer + distractors asked for
+    check_flags: dict[str, dict[str, str]] = field(default_factory=dict)  # model_checks.judge
 
 
 @dataclass
@@ -235,6 +255,7 @@ class ItemOutcome:
     latency_ms: float = 0.0
     model: str | None = None
     prompt_version: str | None = None
+    check_errors: list[str] = field(default_factory=list)  # error classes of failed checks
 
     @property
     def ok(self) -> bool:
@@ -267,9 +288,11 @@ class ItemGenerator:
         record: Callable[[LedgerRecord], None],
         run_id: int | None = None,
         gate: RequestGate | None = None,
+        checks: ModelChecks = NO_CHECKS,
     ) -> None:
         self.client = client
         self.settings = settings
+        self.checks = checks
         self.model = model
         self.record = record
         self.run_id = run_id
@@ -316,9 +339,48 @@ class ItemGenerator:
             self.model,
             job.image_sha256,
             prompt,
-            self.settings.params,
+            self.settings.params if role != CHECK_ROLE else self._check_params,
             regeneration=job.regeneration,
         )
+
+    @property
+    def _check_params(self) -> dict[str, Any]:
+        return {"temperature": CHECK_TEMPERATURE, "max_tokens": self.settings.max_tokens}
+
+    def check_requests(self, job: ItemJob, options: dict[str, str]
+                       ) -> list[tuple[CheckAsk, str]]:
+        """(ask, ledger key) of every check request for a finished item's options.
+
+        A blind request carries no image, yet its key holds the item's image hash, so each
+        item's check is its own ledger entry even when two items share a question."""
+        return [(ask, self._key(CHECK_ROLE, job, ask.prompt))
+                for ask in check_asks(self.checks, job.question, options)]
+
+    def known_check_keys(self, job: ItemJob) -> list[str]:
+        """Check keys of an item whose answer and distractor responses are already in
+        `job.known` (so the worker can prefetch them); empty otherwise."""
+        if not self.checks.any or job.question_type is not QuestionType.MULTIPLE_CHOICE:
+            return []
+        if job.distractors_only:
+            answer = job.previous_answer or ""
+        else:
+            text = job.known.get(self.answer_request(job)[1])
+            if text is None:
+                return []
+            try:
+                answer = parse_answer(text).answer
+            except FormatError:
+                return []
+        _prompt, key, count = self.distractor_request(job, answer)
+        text = job.known.get(key)
+        if text is None:
+            return []
+        try:
+            distractors = self._distractor_parser(answer, count, [])(text)
+        except FormatError:
+            return []
+        options, _letter = shuffle_options(answer, distractors, shuffle_seed_for(self._seed(job)))
+        return [key for _ask, key in self.check_requests(job, options)]
 
     @staticmethod
     def _seed(job: ItemJob) -> int:
@@ -343,13 +405,17 @@ class ItemGenerator:
         while job.attempts_used + outcome.attempts < self.settings.attempt_limit:
             outcome.attempts += 1
             try:
-                outcome.result = await self._attempt(job, outcome, image_bytes)
-                return outcome
+                result = await self._attempt(job, outcome, image_bytes)
             except _StepFailed as failed:
                 outcome.failures.append(failed.failure)
                 if failed.permanent:
                     outcome.permanent = True
                     return outcome
+                continue
+            if self.checks.any and result.correct_letter is not None:
+                result.check_flags = await self._check(job, outcome, result, image_bytes)
+            outcome.result = result
+            return outcome
         if not outcome.failures:
             outcome.failures.append(
                 AttemptFailure(
@@ -394,21 +460,8 @@ class ItemGenerator:
             )
 
         prompt, key, count = self.distractor_request(job, answer)
-        minimum = self.settings.distractors_min
         methods: list[str] = []  # of each parse; the last is the one that succeeded
-
-        def parse_clean(text: str) -> list[str]:
-            parsed_options = parse_distractors(text)
-            methods.append(parsed_options.method)
-            options = clean_distractors(parsed_options.options, answer)
-            if len(options) < minimum:
-                raise FormatError(
-                    f"only {len(options)} usable distractor(s) for correct answer {answer!r} "
-                    f"after removing duplicates and overlaps; at least {minimum} are needed",
-                    raw=text,
-                )
-            return options[:count]
-
+        parse_clean = self._distractor_parser(answer, count, methods)
         try:
             distractors, raw_distractors = await self._call(
                 job, outcome, image_bytes, Role.DISTRACTORS, Step.DISTRACTORS, prompt, key,
@@ -435,6 +488,59 @@ class ItemGenerator:
             expected_options=count + 1,
         )
 
+    def _distractor_parser(self, answer: str, count: int, methods: list[str]
+                           ) -> Callable[[str], list[str]]:
+        """Parses and cleans a distractor response; appends each parse's method."""
+        minimum = self.settings.distractors_min
+
+        def parse_clean(text: str) -> list[str]:
+            parsed_options = parse_distractors(text)
+            methods.append(parsed_options.method)
+            options = clean_distractors(parsed_options.options, answer)
+            if len(options) < minimum:
+                raise FormatError(
+                    f"only {len(options)} usable distractor(s) for correct answer {answer!r} "
+                    f"after removing duplicates and overlaps; at least {minimum} are needed",
+                    raw=text,
+                )
+            return options[:count]
+
+        return parse_clean
+
+    async def _check(
+        self,
+        job: ItemJob,
+        outcome: ItemOutcome,
+        result: GenerationResult,
+        image_bytes: Callable[[], Awaitable[bytes]],
+    ) -> dict[str, dict[str, str]]:
+        """Ask the run's checks about a finished item, one request after another; their
+        flags. Never raises for a failed check (only for a refused key or cancellation)."""
+        assert result.correct_letter is not None
+        options = result.options
+        letters = list(options)
+        answers: list[CheckAnswer] = []
+        for ask, key in self.check_requests(job, options):
+            shown = rotate_options(options, ask.rotation)
+
+            def parse(text: str, shown: dict[str, str] = shown, rotation: int = ask.rotation
+                      ) -> str:
+                return original_letter(letters, parse_choice(text, shown).letter, rotation)
+
+            try:
+                letter, _raw = await self._call(
+                    job, outcome, image_bytes, CHECK_ROLE, Step.CHECK, ask.prompt, key, parse,
+                    with_image=ask.with_image, temperature=CHECK_TEMPERATURE,
+                )
+            except _StepFailed as failed:
+                outcome.check_errors.append(failed.failure.error_type)
+                problem = " ".join(failed.failure.error_message.split())[:160]
+                answers.append(CheckAnswer(ask.kind, ask.rotation,
+                                           problem=f"{failed.failure.error_type}: {problem}"))
+                continue
+            answers.append(CheckAnswer(ask.kind, ask.rotation, letter=letter))
+        return judge(answers, result.correct_letter, len(options))
+
     async def _call(
         self,
         job: ItemJob,
@@ -445,6 +551,9 @@ class ItemGenerator:
         prompt: str,
         key: str,
         parse: Callable[[str], T],
+        *,
+        with_image: bool = True,
+        temperature: float | None = None,
     ) -> tuple[T, str]:
         known = job.known.get(key)
         if known is not None:
@@ -457,7 +566,7 @@ class ItemGenerator:
                 return parsed, known
 
         try:
-            jpeg = await image_bytes()
+            jpeg = await image_bytes() if with_image else None
         except OSError as exc:
             failure = AttemptFailure(
                 "image", Step.IMAGE,
@@ -474,7 +583,7 @@ class ItemGenerator:
                 ChatRequest(
                     prompt,
                     jpeg,
-                    temperature=self.settings.temperature,
+                    temperature=self.settings.temperature if temperature is None else temperature,
                     max_tokens=self.settings.max_tokens,
                 )
             )
@@ -519,7 +628,7 @@ class ItemGenerator:
             failure = AttemptFailure(exc.error_type, step, message)
             if step == Step.ANSWER:
                 failure.raw_answer = response.text
-            else:
+            elif step == Step.DISTRACTORS:
                 failure.raw_distractors = response.text
             raise _StepFailed(failure, permanent=False) from None
         self.record(LedgerRecord(ok=True, **entry))

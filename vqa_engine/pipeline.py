@@ -35,6 +35,7 @@ from db.models import Dataset, Generation, Item, ItemStatus, RunStatus
 from vqa_engine.client import RetryPolicy
 from vqa_engine.errors import ConfigError
 from vqa_engine.generator import GenerationSettings
+from vqa_engine.model_checks import ModelChecks
 from vqa_engine.records import item_record
 from vqa_engine.runs import (
     ItemSelection,
@@ -70,6 +71,8 @@ class PipelineOptions:
     retries: int = 3
     temperature: float = 0.7
     dataset: str | None = None
+    blind_check: bool = False
+    circular_check: bool = False
     poll_interval: float = 0.25
     show_progress: bool | None = None  # None: only on a terminal
 
@@ -103,6 +106,7 @@ def settings_for(options: PipelineOptions) -> RunSettings:
         batch_size=batch,
         generation=GenerationSettings(temperature=options.temperature),
         retry=RetryPolicy(max_retries=options.retries),
+        model_checks=ModelChecks(blind=options.blind_check, circular=options.circular_check),
     )
 
 

@@ -24,6 +24,7 @@ PROMPT_VERSION = "2025-06.1"
 
 ANSWER_LAYOUT = '{"answer": "'
 OPTIONS_LAYOUT = '{"options": ["'
+CHOICE_LAYOUT = '{"choice": "'
 
 ANSWER_MC_EN = """\
 Look at the image and answer the question about it.
@@ -250,7 +251,10 @@ def distractor_prompt(question: str, correct_answer: str, count: int, *,
 
 
 def prompt_role(text: str) -> str | None:
-    """"answer" or "distractors" for a prompt built here, by its JSON layout line; else None."""
+    """"answer", "distractors" or "check" for a prompt built here, by its JSON layout line;
+    else None."""
+    if CHOICE_LAYOUT in text:
+        return "check"
     if OPTIONS_LAYOUT in text:
         return "distractors"
     if ANSWER_LAYOUT in text:
@@ -277,3 +281,83 @@ def read_distractor_prompt(text: str) -> DistractorAsk:
         count=int(counts[-1]) if counts else None,
         correct_answer=corrects[-1].strip() if corrects else None,
     )
+
+
+# -- model-based checks (vqa_engine.model_checks) -----------------------------------------
+# Not part of `PromptSet`: a check must ask the same thing whatever wording a dataset uses
+# for generation, so its templates are fixed and versioned on their own.
+
+CHECK_PROMPT_VERSION = "2026-11.1"
+
+CHECK_EN = """\
+$instruction
+
+Question: $question
+Options:
+$options
+
+Reply with the letter of the correct option only, as JSON in exactly this layout:
+{"choice": "<letter>"}
+"""
+
+CHECK_ZH = """\
+$instruction
+
+问题：$question
+选项：
+$options
+
+只回复正确选项的字母，用 JSON 严格使用以下格式：
+{"choice": "<字母>"}
+"""
+
+CHECK_WITH_IMAGE_EN = "Look at the image and answer the multiple-choice question about it."
+CHECK_BLIND_EN = ("Answer the multiple-choice question. No image comes with it: choose the most "
+                  "likely option from the question and the options alone.")
+CHECK_WITH_IMAGE_ZH = "请仔细观察图片，回答关于图片的选择题。"
+CHECK_BLIND_ZH = "请回答下面的选择题。题目没有附带图片：请仅根据问题和选项选出最可能正确的选项。"
+
+
+def check_prompt(question: str, options: Mapping[str, str], *, blind: bool) -> str:
+    """A check's prompt: the question with its options as `A. text` lines; asks for
+    `{"choice": "<letter>"}`."""
+    chinese = is_chinese(question)
+    if chinese:
+        template, instruction = CHECK_ZH, CHECK_BLIND_ZH if blind else CHECK_WITH_IMAGE_ZH
+    else:
+        template, instruction = CHECK_EN, CHECK_BLIND_EN if blind else CHECK_WITH_IMAGE_EN
+    lines = "\n".join(f"{letter}. {_one_line(text)}" for letter, text in options.items())
+    return _fill(template, instruction=instruction, question=_one_line(question),
+                 options=lines)
+
+
+@dataclass(frozen=True)
+class CheckAsk:
+    """What a check prompt asks, read back from its text (used by the simulator)."""
+
+    question: str
+    options: dict[str, str]
+    blind: bool
+
+
+_OPTION_LINE = re.compile(r"^([A-Z])\. (.*)$")
+
+
+def read_check_prompt(text: str) -> CheckAsk:
+    question = ""
+    options: dict[str, str] = {}
+    listing = False
+    for line in text.splitlines():
+        if line.startswith(("Question:", "问题：")):
+            question = line.split(":", 1)[-1] if line.startswith("Q") else line[3:]
+            question = question.strip()
+        elif line.strip() in ("Options:", "选项："):
+            listing = True
+        elif listing:
+            match = _OPTION_LINE.match(line)
+            if match is None:
+                listing = False
+                continue
+            options[match.group(1)] = match.group(2)
+    blind = CHECK_BLIND_EN in text or CHECK_BLIND_ZH in text
+    return CheckAsk(question, options, blind)

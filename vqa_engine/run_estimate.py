@@ -1,7 +1,9 @@
 """What a run will cost, before it starts: requests and image tokens.
 
 A multiple-choice item takes two requests (answer, distractors) and a fill-in-blank item
-one; every request carries the item's image. Image tokens follow the rule of the Qwen-VL
+one; every request carries the item's image. Model-based checks add, per multiple-choice
+item, one request without the image (blind) and one with it per option (circular); the
+option count is drawn per item, so the estimate takes the largest the run allows. Image tokens follow the rule of the Qwen-VL
 family that most self-hosted endpoints serve (one token per 28 x 28 pixel patch of the
 image as resized by the model, between a minimum and a maximum); other models count
 differently, so the figure is labelled an estimate. The request ledger can make a run
@@ -21,6 +23,8 @@ from sqlalchemy import func, select
 
 from db.engine import Database
 from db.models import Image, Item, ItemStatus, QuestionType
+from vqa_engine.generator import GenerationSettings
+from vqa_engine.model_checks import NO_CHECKS, ModelChecks
 from vqa_engine.runs import ItemSelection
 
 REQUESTS_PER_ITEM = {QuestionType.MULTIPLE_CHOICE: 2, QuestionType.FILL_IN_BLANK: 1}
@@ -58,12 +62,23 @@ class RunEstimate:
     items: int
     multiple_choice: int
     fill_in_blank: int
-    requests: int
-    image_tokens: int
+    requests: int  # answer and distractor requests
+    image_tokens: int  # of every request that carries the image, checks included
+    blind_check_requests: int = 0  # text only
+    circular_check_requests: int = 0  # with the image
+
+    @property
+    def check_requests(self) -> int:
+        return self.blind_check_requests + self.circular_check_requests
+
+    @property
+    def total_requests(self) -> int:
+        return self.requests + self.check_requests
 
     @property
     def image_tokens_per_request(self) -> float:
-        return self.image_tokens / self.requests if self.requests else 0.0
+        with_image = self.requests + self.circular_check_requests
+        return self.image_tokens / with_image if with_image else 0.0
 
 
 def estimate_run(
@@ -73,8 +88,11 @@ def estimate_run(
     item_ids: Sequence[int] | None = None,
     *,
     rule: ImageTokenRule = ImageTokenRule(),
+    checks: ModelChecks = NO_CHECKS,
+    max_options: int = GenerationSettings.distractors_max + 1,
 ) -> RunEstimate:
-    """Requests and image tokens for the items `start_run` would select."""
+    """Requests and image tokens for the items `start_run` would select; `max_options` is
+    the largest option count of an item (distractors_max + 1), which circular checks use."""
     base = (
         select(Item.question_type, Image.prepared_width, Image.prepared_height, func.count())
         .join(Image, Image.id == Item.image_id)
@@ -93,15 +111,21 @@ def estimate_run(
             groups.extend(tuple(row) for row in session.execute(statement))
     counts = {t: 0 for t in QuestionType}
     requests = tokens = 0
+    circular = max_options if checks.circular else 0
     for question_type, width, height, count in groups:
         calls = REQUESTS_PER_ITEM[question_type]
         counts[question_type] += count
         requests += calls * count
+        if question_type is QuestionType.MULTIPLE_CHOICE:
+            calls += circular
         tokens += calls * count * rule.tokens(width, height)
+    multiple_choice = counts[QuestionType.MULTIPLE_CHOICE]
     return RunEstimate(
         items=sum(counts.values()),
-        multiple_choice=counts[QuestionType.MULTIPLE_CHOICE],
+        multiple_choice=multiple_choice,
         fill_in_blank=counts[QuestionType.FILL_IN_BLANK],
         requests=requests,
         image_tokens=tokens,
+        blind_check_requests=multiple_choice if checks.blind else 0,
+        circular_check_requests=multiple_choice * circular,
     )

@@ -43,6 +43,7 @@ from db.models import (
 from vqa_engine.client import RetryPolicy, Timeouts
 from vqa_engine.errors import ValidationError
 from vqa_engine.generator import GenerationSettings
+from vqa_engine.model_checks import ModelChecks
 from vqa_engine.prompts import DEFAULT_PROMPTS, PromptSet
 from vqa_engine.settings import Endpoint
 
@@ -83,6 +84,7 @@ class RunSettings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     normalize_model: bool = True
+    model_checks: ModelChecks = field(default_factory=ModelChecks)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -97,7 +99,7 @@ class RunSettings:
             if f.name != "prompts"
         }
         generation["prompts"] = asdict(self.generation.prompts)
-        return {
+        config: dict[str, Any] = {
             "concurrency": self.concurrency,
             "batch_size": self.batch_size,
             "generation": generation,
@@ -105,6 +107,11 @@ class RunSettings:
             "retry": asdict(self.retry),
             "normalize_model": self.normalize_model,
         }
+        if self.model_checks.any:
+            # Only when asked for: a run stored before the checks existed keeps comparing
+            # equal to the same settings, so it is resumed rather than replaced.
+            config["model_checks"] = asdict(self.model_checks)
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> RunSettings:
@@ -120,6 +127,7 @@ class RunSettings:
             timeouts=_build(Timeouts, config.get("timeouts"), defaults.timeouts),
             retry=_build(RetryPolicy, config.get("retry"), defaults.retry),
             normalize_model=bool(config.get("normalize_model", defaults.normalize_model)),
+            model_checks=_build(ModelChecks, config.get("model_checks"), defaults.model_checks),
         )
 
 

@@ -2,7 +2,10 @@
 
 No model runs here. The simulator decodes the image it receives (just enough to find its
 size and dominant colour), answers answer prompts and distractor prompts in the layouts the
-prompts ask for, reports usage, and injects faults at the rates asked for: 4xx/5xx statuses,
+prompts ask for, answers check prompts (`vqa_engine.model_checks`) with the letter of the
+option it would itself have given (`check_strategy` "look"; without an image it has nothing
+to go on and takes the first option) or always the first letter ("first": a model with a
+position bias, which circular checks catch), reports usage, and injects faults at the rates asked for: 4xx/5xx statuses,
 rate limits, connection resets, stalls, garbage or cut-short bodies, empty content,
 `finish_reason=length`, HTML pages. It is fast enough to drive hundreds of concurrent
 requests (images are decoded at a reduced JPEG draft scale, never in full).
@@ -35,11 +38,12 @@ from typing import Any
 from aiohttp import web
 from PIL import Image, UnidentifiedImageError
 
-from vqa_engine.prompts import is_chinese, prompt_role, read_distractor_prompt
+from vqa_engine.prompts import is_chinese, prompt_role, read_check_prompt, read_distractor_prompt
 
 FAULT_NAMES = ("400", "401", "403", "404", "413", "429", "500", "502", "503",
                "reset", "stall", "garbage", "empty", "length", "html")
 SIMULATED_MODEL = "simulated-vlm"
+CHECK_STRATEGIES = ("look", "first")
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,8 @@ class ForcedFault:
 
 
 Responder = Callable[[str, str], "str | ForcedFault"]
-"""(role, prompt) -> the model's text, or a ForcedFault. Role: answer | distractors | other."""
+"""(role, prompt) -> the model's text, or a ForcedFault. Role: answer | distractors | check |
+other. Crafted check replies can read the options shown with `prompts.read_check_prompt`."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,12 @@ class SimulatorConfig:
     api_key: str | None = None  # when set, requests without this bearer key get 401
     retry_after: float | None = None  # Retry-After seconds sent with a 429
     strict_model: bool = False  # 404 for a model name other than `model`
+    check_strategy: str = "look"  # how check prompts are answered: one of CHECK_STRATEGIES
 
     def __post_init__(self) -> None:
+        if self.check_strategy not in CHECK_STRATEGIES:
+            raise ValueError(f"unknown check strategy {self.check_strategy!r}; "
+                             f"known: {CHECK_STRATEGIES}")
         unknown = sorted(set(self.faults) - set(FAULT_NAMES))
         if unknown:
             raise ValueError(f"unknown simulator fault(s) {unknown}; known: {list(FAULT_NAMES)}")
@@ -291,6 +300,20 @@ def _distractors_text(prompt: str, rng: random.Random) -> str:
     return json.dumps({"options": options}, ensure_ascii=False)
 
 
+def _check_text(prompt: str, seen: SeenImage | None, strategy: str) -> str:
+    """The letter of the option the simulated model would pick, as `{"choice": ...}`."""
+    ask = read_check_prompt(prompt)
+    letters = list(ask.options) or ["A"]
+    choice = letters[0]
+    if strategy == "look" and seen is not None:
+        own = json.loads(_answer_text(f"Question: {ask.question}", seen))["answer"]
+        matching = [letter for letter, text in ask.options.items()
+                    if text.strip().casefold() == str(own).casefold()]
+        if matching:
+            choice = matching[0]
+    return json.dumps({"choice": choice})
+
+
 def _request_parts(body: Any) -> tuple[str, Any]:
     """(text of the last user message, image data URL or None)."""
     text_parts: list[str] = []
@@ -440,7 +463,7 @@ async def _answer_request(request: web.Request, state: SimulatorState,
     seen: SeenImage | None = None
     if image_url:
         try:
-            seen = (state.images.look(image_url) if role == "answer"
+            seen = (state.images.look(image_url) if role in ("answer", "check")
                     else state.images.peek(image_url))
         except BadImage as exc:
             stats.by_outcome["bad_image"] += 1
@@ -472,6 +495,8 @@ async def _answer_request(request: web.Request, state: SimulatorState,
             content = _answer_text(prompt, seen)
         elif role == "distractors":
             content = _distractors_text(prompt, state.rng)
+        elif role == "check":
+            content = _check_text(prompt, seen, config.check_strategy)
         else:
             content = "OK (simulated endpoint)"
 
@@ -508,7 +533,8 @@ async def _fault_response(request: web.Request, state: SimulatorState, config: S
         _reset_connection(request)
         return web.Response(status=500)
     normal = (_answer_text(prompt, seen) if role == "answer"
-              else _distractors_text(prompt, state.rng) if role == "distractors" else "OK")
+              else _distractors_text(prompt, state.rng) if role == "distractors"
+              else _check_text(prompt, seen, config.check_strategy) if role == "check" else "OK")
     if fault == "stall":
         await asyncio.sleep(config.stall_seconds)
         return web.json_response(_completion(state, model, normal, "stop", prompt_tokens))

@@ -216,13 +216,16 @@ def _generation_row(item_id: int, run_id: int, outcome: ItemOutcome, now: dateti
 
 
 def _quality_flags(result: GenerationResult) -> dict[str, Any]:
+    """Rule-based flags and the model-based checks' flags, in one mapping."""
     question_type = (QuestionType.MULTIPLE_CHOICE if result.correct_letter is not None
                      else QuestionType.FILL_IN_BLANK)
-    return dict(check_generation(
+    flags: dict[str, Any] = dict(check_generation(
         question_type, result.answer, result.options, result.correct_letter, result.explanation,
         expected_options=result.expected_options, answer_method=result.answer_method,
         distractor_method=result.distractor_method,
     ))
+    flags.update(result.check_flags)
+    return flags
 
 
 def store_outcomes(
@@ -241,6 +244,7 @@ def store_outcomes(
     for item_id, outcome in by_item.items():
         usage.ledger_hits += outcome.ledger_hits  # retries are counted as they happen
         usage.add_errors(failure.error_type for failure in outcome.failures)
+        usage.add_errors(outcome.check_errors)
         if item_id not in owned:
             continue
         for failure in outcome.failures:

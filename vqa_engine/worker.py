@@ -468,7 +468,7 @@ class RunExecutor:
             self.generator = ItemGenerator(
                 client, settings.generation, model=client.model,
                 record=lambda record: self.writer.record(record, on_commit=budget.leave),
-                run_id=self.run_id, gate=budget,
+                run_id=self.run_id, gate=budget, checks=settings.model_checks,
             )
             consumers = [asyncio.create_task(self._consume(), name=f"run{self.run_id}-c{i}")
                          for i in range(settings.concurrency)]
@@ -627,6 +627,10 @@ class RunExecutor:
                     second[generator.distractor_request(job, answer)[1]] = job
             for key, hit in find_successes(session, second).items():
                 second[key].known[key] = hit.response_text
+            if generator.checks.any:
+                checks = {key: job for job in jobs for key in generator.known_check_keys(job)}
+                for key, hit in find_successes(session, checks).items():
+                    checks[key].known[key] = hit.response_text
         return jobs
 
     # -- consuming
