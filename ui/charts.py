@@ -59,3 +59,48 @@ def letter_chart(histogram: Mapping[str, int]) -> None:
         {"correct letter": letters, "items": [histogram.get(letter, 0) for letter in letters]}
     )
     st.bar_chart(frame, x="correct letter", y="items", sort=False, height=220)
+
+
+def expected_letter_chart(counts: Mapping[str, int], expected: float | None) -> None:
+    """Bars per correct letter, in letter order, with a dashed line at an even spread."""
+    import altair as alt
+
+    frame = pd.DataFrame({"correct letter": list(counts), "items": list(counts.values())})
+    bars = alt.Chart(frame).mark_bar().encode(
+        x=alt.X("correct letter:N", sort=None, axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("items:Q"),
+        tooltip=["correct letter", "items"],
+    )
+    chart: alt.LayerChart | alt.Chart = bars
+    if expected is not None:
+        rule = alt.Chart(pd.DataFrame({"even spread": [expected]})).mark_rule(
+            strokeDash=[4, 4], color="#6e6e6e"
+        ).encode(y="even spread:Q", tooltip=[alt.Tooltip("even spread:Q", format=".1f")])
+        chart = bars + rule
+    st.altair_chart(chart.properties(height=220))
+
+
+def count_chart(counts: Mapping[str, int], *, label: str, value: str = "items") -> None:
+    """Horizontal bars, largest first: how many items each name counts."""
+    frame = pd.DataFrame({label: list(counts), value: list(counts.values())})
+    st.bar_chart(frame, x=label, y=value, horizontal=True, sort=f"-{value}", y_label="",
+                 height=max(120, 60 + 32 * len(frame)))
+
+
+def decision_chart(decisions: Mapping[str, tuple[int, int]]) -> None:
+    """Stacked horizontal bars per curator: accepted and rejected items."""
+    accepted, rejected = STATUS_LABELS[ItemStatus.ACCEPTED], STATUS_LABELS[ItemStatus.REJECTED]
+    frame = pd.DataFrame(
+        [[a, r] for a, r in decisions.values()],
+        index=pd.Index(list(decisions), name="curator"),
+        columns=[accepted, rejected],
+    )
+    st.bar_chart(
+        frame,
+        horizontal=True,
+        stack=True,
+        color=[STATUS_COLOURS[ItemStatus.ACCEPTED], STATUS_COLOURS[ItemStatus.REJECTED]],
+        x_label="decisions",
+        y_label="",
+        height=max(120, 60 + 40 * len(frame)),
+    )
