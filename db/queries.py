@@ -431,3 +431,14 @@ def flag_names(session: Session, dataset_id: int, *, scan_limit: int = 2000) -> 
 
 def dataset_by_name(session: Session, name: str) -> Dataset | None:
     return session.scalar(select(Dataset).where(Dataset.name == name))
+
+
+def filtered_items(statement: Select[Any], item_filter: ItemFilter) -> Select[Any]:
+    """`statement` over items, outer-joined with their current generation, narrowed to the
+    filter (for callers that also look at the generation's columns)."""
+    return _filtered(statement, item_filter, join=True)
+
+
+def flag_condition(flag: str) -> ColumnElement[bool]:
+    """True for items whose current generation carries `flag` (ANY_FLAG: any flag)."""
+    return _flag_condition(flag)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
 
 from db.engine import Database
 from db.models import (
+    BulkAction,
     Dataset,
     Generation,
     Item,
@@ -27,9 +28,11 @@ from db.models import (
     QuestionType,
     ReviewAction,
 )
+from vqa_engine.bulk import count_on_batch, start_batch
 from vqa_engine.errors import ValidationError
 from vqa_engine.records import LETTERS
 from vqa_engine.review import (
+    add_reordered_generation,
     clean_curator,
     current_generation,
     option_parts,
@@ -37,7 +40,6 @@ from vqa_engine.review import (
     record_event,
     snapshot,
     stale_conflict,
-    add_reordered_generation,
 )
 
 PAGE_SIZE = 500
@@ -55,6 +57,21 @@ class BalanceSummary:
     histogram_before: Histogram
     histogram_after: Histogram
     skipped: int = 0  # planned moves left alone because the item changed meanwhile
+    batch_id: int | None = None  # the review batch to undo it with (None: nothing moved)
+
+
+@dataclass(frozen=True)
+class BalancePlan:
+    """What balancing would do, before doing it: the moves and the letters after them."""
+
+    total: int
+    moves: dict[int, tuple[str | None, str]]  # item id -> (letter now, target letter)
+    histogram_before: Histogram
+    histogram_after: Histogram
+
+    @property
+    def moving(self) -> int:
+        return len(self.moves)
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,7 @@ def _apply_page(
     curator: str,
     reason: str,
     statuses: tuple[ItemStatus, ...],
+    batch_id: int,
 ) -> tuple[int, int]:
     """Apply planned moves {item_id: (letter planned from, target)}; (changed, skipped)."""
     changed = skipped = 0
@@ -182,11 +200,37 @@ def _apply_page(
                                          distractors=distractors, options=new_options,
                                          letter=target, seed=None)
                 record_event(session, item, curator=curator, action=ReviewAction.RESHUFFLE,
-                        before=before, reason=reason)
+                             before=before, reason=reason, batch_id=batch_id)
                 changed += 1
+            count_on_batch(session, batch_id, changed)
     except StaleDataError:
         raise stale_conflict(min(moves)) from None
     return changed, skipped
+
+
+def plan_balance(
+    database: Database,
+    dataset_id: int,
+    *,
+    seed: int = 0,
+    statuses: Iterable[ItemStatus] = DEFAULT_STATUSES,
+) -> BalancePlan:
+    """The moves `balance_letters` would make with this seed, changing nothing."""
+    wanted = tuple(ItemStatus(status) for status in statuses)
+    _dataset_exists(database, dataset_id)
+    groups: dict[int, list[_Placement]] = {}
+    for placement in _placements(database, dataset_id, wanted):
+        groups.setdefault(placement.option_count, []).append(placement)
+    placements = [p for group in groups.values() for p in group]
+    moves: dict[int, tuple[str | None, str]] = {}
+    for group in groups.values():
+        planned_from = {p.item_id: p.letter for p in group}
+        for item_id, target in _plan_group(group, seed).items():
+            moves[item_id] = (planned_from[item_id], target)
+    after = [
+        replace(p, letter=moves[p.item_id][1]) if p.item_id in moves else p for p in placements
+    ]
+    return BalancePlan(len(placements), moves, _histogram(placements), _histogram(after))
 
 
 def balance_letters(
@@ -197,35 +241,34 @@ def balance_letters(
     seed: int = 0,
     statuses: Iterable[ItemStatus] = DEFAULT_STATUSES,
 ) -> BalanceSummary:
-    """Re-order options so each option count's correct letters are within one of each other."""
+    """Re-order options so each option count's correct letters are within one of each other.
+
+    The changes form one review batch (BALANCE), undone as a whole with `bulk.undo_batch`.
+    """
     name = clean_curator(curator)
     wanted = tuple(ItemStatus(status) for status in statuses)
-    _dataset_exists(database, dataset_id)
-    groups: dict[int, list[_Placement]] = {}
-    for placement in _placements(database, dataset_id, wanted):
-        groups.setdefault(placement.option_count, []).append(placement)
-    before = _histogram(p for group in groups.values() for p in group)
-    moves: dict[int, tuple[str | None, str]] = {}
-    for group in groups.values():
-        planned_from = {p.item_id: p.letter for p in group}
-        for item_id, target in _plan_group(group, seed).items():
-            moves[item_id] = (planned_from[item_id], target)
+    plan = plan_balance(database, dataset_id, seed=seed, statuses=wanted)
     reason = f"balance letters (seed {seed})"
     changed = skipped = 0
-    ordered_ids = sorted(moves)
+    batch_id: int | None = None
+    ordered_ids = sorted(plan.moves)
+    if ordered_ids:
+        batch_id = start_batch(database, dataset_id, BulkAction.BALANCE, curator=name,
+                               description=reason)
     for start in range(0, len(ordered_ids), PAGE_SIZE):
-        page = {item_id: moves[item_id] for item_id in ordered_ids[start : start + PAGE_SIZE]}
+        page = {item_id: plan.moves[item_id] for item_id in ordered_ids[start : start + PAGE_SIZE]}
+        assert batch_id is not None
         page_changed, page_skipped = _apply_page(
-            database, page, curator=name, reason=reason, statuses=wanted
+            database, page, curator=name, reason=reason, statuses=wanted, batch_id=batch_id
         )
         changed += page_changed
         skipped += page_skipped
     after = _histogram(_placements(database, dataset_id, wanted))
-    total = sum(len(group) for group in groups.values())
     return BalanceSummary(
         changed=changed,
-        unchanged=total - changed,
-        histogram_before=before,
+        unchanged=plan.total - changed,
+        histogram_before=plan.histogram_before,
         histogram_after=after,
         skipped=skipped,
+        batch_id=batch_id,
     )
