@@ -533,10 +533,12 @@ class ItemGenerator:
                     with_image=ask.with_image, temperature=CHECK_TEMPERATURE,
                 )
             except _StepFailed as failed:
-                outcome.check_errors.append(failed.failure.error_type)
-                problem = " ".join(failed.failure.error_message.split())[:160]
-                answers.append(CheckAnswer(ask.kind, ask.rotation,
-                                           problem=f"{failed.failure.error_type}: {problem}"))
+                error_type = failed.failure.error_type
+                outcome.check_errors.append(error_type)
+                # The full message is in the ledger; the flag's reason stays one short line.
+                problem = ("the reply named no option letter" if error_type == "format"
+                           else error_type)
+                answers.append(CheckAnswer(ask.kind, ask.rotation, problem=problem))
                 continue
             answers.append(CheckAnswer(ask.kind, ask.rotation, letter=letter))
         return judge(answers, result.correct_letter, len(options))

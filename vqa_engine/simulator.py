@@ -114,6 +114,7 @@ class SimulatorStats:
 
     requests: int = 0
     by_role: Counter[str] = field(default_factory=Counter)
+    with_image: Counter[str] = field(default_factory=Counter)  # by role, requests with an image
     by_outcome: Counter[str] = field(default_factory=Counter)
     bodies: Counter[str] = field(default_factory=Counter)  # request body digest -> count
     in_flight: int = 0
@@ -127,6 +128,7 @@ class SimulatorStats:
         return {
             "requests": self.requests,
             "by_role": dict(self.by_role),
+            "with_image": dict(self.with_image),
             "by_outcome": dict(self.by_outcome),
             "distinct_bodies": len(self.bodies),
             "repeated_bodies": len(self.repeated()),
@@ -137,6 +139,7 @@ class SimulatorStats:
     def reset(self) -> None:
         self.requests = 0
         self.by_role.clear()
+        self.with_image.clear()
         self.by_outcome.clear()
         self.bodies.clear()
         self.peak_in_flight = self.in_flight
@@ -462,6 +465,7 @@ async def _answer_request(request: web.Request, state: SimulatorState,
         image_url = found_url.encode("utf-8", "replace")
     seen: SeenImage | None = None
     if image_url:
+        stats.with_image[role] += 1
         try:
             seen = (state.images.look(image_url) if role in ("answer", "check")
                     else state.images.peek(image_url))
