@@ -97,3 +97,32 @@ def test_the_module_entry_point_exports_a_zip(dataset: str, data_dir: Path,
         (record,) = json.loads(archive.read("birds.json"))
     assert record["image"] == "images/robin.jpg"
     assert record["conversations"][1] == {"from": "gpt", "value": "B"}
+
+
+def test_export_can_balance_letters_first_recorded_and_undoable(
+    database: Database, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from vqa_engine.bulk import list_batches, undo_batch
+
+    with database.write() as session:
+        dataset = add_dataset(session, "skewed")
+        image = add_image(session, data_dir)
+        for index in range(6):
+            add_item(session, dataset, image, external_id=f"s{index}", answer=f"cat{index}",
+                     options={"A": f"cat{index}", "B": "dog"}, correct_letter="A",
+                     status=ItemStatus.ACCEPTED)
+        dataset_id = dataset.id
+    out = tmp_path / "skewed.json"
+    code = main(["export", "--dataset", "skewed", str(out), "--balance-letters", "--seed", "2",
+                 "--curator", "ana"])
+    assert code == 0
+    letters = [r["answer"] for r in json.loads(out.read_text(encoding="utf-8"))]
+    assert sorted(letters) == ["A", "A", "A", "B", "B", "B"]
+    printed = capsys.readouterr().out
+    assert "2 options: before A=6 B=0 | after A=3 B=3" in printed
+    assert "3 items re-ordered" in printed and "undoable" in printed
+    (batch,) = list_batches(database, dataset_id)
+    assert (batch.curator, batch.item_count) == ("ana", 3)
+    undo_batch(database, batch.id, curator="ana")
+    assert main(["export", "--dataset", "skewed", str(out)]) == 0
+    assert [r["answer"] for r in json.loads(out.read_text(encoding="utf-8"))] == ["A"] * 6

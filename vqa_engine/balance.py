@@ -7,6 +7,9 @@ other letter. The plan is deterministic for a seed, keeps as many items as possi
 they are, and never changes an item's texts: a changed item gets a new RESHUFFLE generation
 with the correct text moved to its target letter and the distractors in their old relative
 order, plus one review event holding the state before and after, like a curator's reshuffle.
+The events of one balancing form a BALANCE review batch, so `bulk.undo_batch` takes the whole
+balancing back; `plan_balance` shows the moves and the letters after them without changing
+anything.
 """
 
 from __future__ import annotations

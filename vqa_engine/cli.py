@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from vqa_engine.errors import VQAError
+
+if TYPE_CHECKING:
+    from vqa_engine.balance import BalanceSummary
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -145,9 +149,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     from db.engine import open_database
     from db.queries import dataset_by_name, dataset_overview
+    from db.models import ItemStatus
+    from vqa_engine.balance import balance_letters
     from vqa_engine.errors import ExportError
     from vqa_engine.export import ExportFormat, ExportSelection, ImageMode, export_dataset
 
+    selection = ExportSelection(args.select)
     database = open_database()
     bar = tqdm(total=0, desc="exporting", unit="item", file=sys.stderr, disable=None)
 
@@ -163,9 +170,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 names = [entry.name for entry in dataset_overview(session)]
                 known = ", ".join(repr(n) for n in names[:20]) or "none yet"
                 raise ExportError(f"no dataset named {args.dataset!r}; known datasets: {known}")
+        if args.balance_letters:
+            balanced = balance_letters(database, dataset.id, curator=args.curator,
+                                       seed=args.seed,
+                                       statuses=selection.statuses or tuple(ItemStatus))
+            print(_balance_report(args.dataset, args.seed, balanced))
         summary = export_dataset(
             database, dataset.id, Path(args.out_path), fmt=ExportFormat(args.format),
-            selection=ExportSelection(args.select), image_mode=ImageMode(args.images),
+            selection=selection, image_mode=ImageMode(args.images),
             progress=progress,
         )
     finally:
@@ -196,14 +208,23 @@ def _cmd_balance(args: argparse.Namespace) -> int:
         summary = balance_letters(database, dataset_id, curator=args.curator, seed=args.seed)
     finally:
         database.close()
+    print(_balance_report(args.dataset, args.seed, summary))
+    return 0
+
+
+def _balance_report(dataset: str, seed: int, summary: BalanceSummary) -> str:
+    lines = []
     for count, before in summary.histogram_before.items():
         after = summary.histogram_after.get(count, {})
-        print(f"{count} options: before " + " ".join(f"{k}={v}" for k, v in before.items())
-              + " | after " + " ".join(f"{k}={v}" for k, v in after.items()))
-    print(f"balanced '{args.dataset}' with seed {args.seed}: {summary.changed} items "
-          f"re-ordered, {summary.unchanged} unchanged"
-          + (f", {summary.skipped} changed meanwhile and left alone" if summary.skipped else ""))
-    return 0
+        lines.append(f"{count} options: before " + " ".join(f"{k}={v}" for k, v in before.items())
+                     + " | after " + " ".join(f"{k}={v}" for k, v in after.items()))
+    undo = (f"; review batch {summary.batch_id}, undoable from the Export page"
+            if summary.batch_id is not None else "")
+    lines.append(f"balanced '{dataset}' with seed {seed}: {summary.changed} items re-ordered, "
+                 f"{summary.unchanged} unchanged"
+                 + (f", {summary.skipped} changed meanwhile and left alone"
+                    if summary.skipped else "") + undo)
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,6 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument("--images", default="names", choices=["names", "zip", "embedded"],
                           help="names: the image file names (default); zip: OUT_PATH is a zip "
                           "with the export and an images/ folder; embedded: data: URLs")
+    exporter.add_argument("--balance-letters", action="store_true",
+                          help="first re-order options so correct letters are spread evenly "
+                          "over the selected items (recorded as one review batch, undoable "
+                          "from the Review or Export page)")
+    exporter.add_argument("--seed", type=int, default=0,
+                          help="plan seed for --balance-letters (default 0)")
+    exporter.add_argument("--curator", default="cli", metavar="NAME",
+                          help="name recorded for --balance-letters (default: cli)")
     exporter.set_defaults(handler=_cmd_export)
 
     balancer = commands.add_parser(
