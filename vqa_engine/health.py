@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Text, and_, case, cast, distinct, func, literal, or_, select
+from sqlalchemy import Text, and_, case, cast, distinct, exists, func, literal, select
 from sqlalchemy.orm import Session
 
 from db.engine import Database
@@ -57,9 +57,9 @@ from db.models import (
 from vqa_engine.errors import ValidationError
 from vqa_engine.quality import DEFAULT_CONFIG, LENGTH_BIAS
 from vqa_engine.records import LETTERS
+from vqa_engine.review import DECIDABLE
 
 DEFAULT_STATUSES: tuple[ItemStatus, ...] = (ItemStatus.GENERATED, ItemStatus.ACCEPTED)
-DECIDABLE: tuple[ItemStatus, ...] = (ItemStatus.GENERATED, ItemStatus.ACCEPTED, ItemStatus.REJECTED)
 DECISIONS: tuple[ReviewAction, ...] = (ReviewAction.ACCEPT, ReviewAction.REJECT)
 CONTENT_SOURCES: tuple[GenerationSource, ...] = (GenerationSource.MODEL, GenerationSource.EDIT)
 SIGNIFICANCE = 0.05
@@ -346,34 +346,28 @@ def _flag_scan(
     session: Session, dataset_id: int, statuses: tuple[ItemStatus, ...]
 ) -> tuple[Counter[str], int, int, Counter[QuestionType]]:
     """(covered items per flag, covered flagged items, covered MC items with length bias,
-    flagged items per question type over the whole dataset), a page of flagged rows at a time."""
+    flagged items per question type over the whole dataset), read a page of rows at a time."""
     per_flag: Counter[str] = Counter()
     per_type: Counter[QuestionType] = Counter()
     flagged = length_bias = 0
     wanted = set(statuses)
-    last_id = 0
-    while True:
-        rows = session.execute(
-            select(Item.id, Item.status, Item.question_type, Generation.quality_flags)
-            .join(Generation, Generation.id == Item.current_generation_id)
-            .where(Item.dataset_id == dataset_id, Item.id > last_id, _has_flag_text())
-            .order_by(Item.id)
-            .limit(PAGE_SIZE)
-        ).all()
-        if not rows:
-            break
-        last_id = rows[-1][0]
-        for _, status, question_type, flags in rows:
-            names = _set_flags(flags)
-            if not names:
-                continue
-            per_type[question_type] += 1
-            if status not in wanted:
-                continue
-            flagged += 1
-            per_flag.update(names)
-            if question_type is QuestionType.MULTIPLE_CHOICE and LENGTH_BIAS in names:
-                length_bias += 1
+    rows = session.execute(
+        select(Item.status, Item.question_type, Generation.quality_flags)
+        .join(Generation, Generation.id == Item.current_generation_id)
+        .where(Item.dataset_id == dataset_id, _has_flag_text())
+        .execution_options(yield_per=PAGE_SIZE)
+    )
+    for status, question_type, flags in rows:
+        names = _set_flags(flags)
+        if not names:
+            continue
+        per_type[question_type] += 1
+        if status not in wanted:
+            continue
+        flagged += 1
+        per_flag.update(names)
+        if question_type is QuestionType.MULTIPLE_CHOICE and LENGTH_BIAS in names:
+            length_bias += 1
     return per_flag, flagged, length_bias, per_type
 
 
@@ -428,20 +422,15 @@ def _run_stats(session: Session, dataset_id: int) -> tuple[RunStats, ...]:
             .group_by(Generation.run_id)
         )
     }
-    flagged: Counter[int] = Counter()
-    last_id = 0
-    while True:
-        rows = session.execute(
-            select(Generation.id, Generation.run_id, Generation.quality_flags)
-            .where(Generation.run_id.in_(run_ids), Generation.ok.is_(True),
-                   Generation.id > last_id, _has_flag_text())
-            .order_by(Generation.id)
-            .limit(PAGE_SIZE)
-        ).all()
-        if not rows:
-            break
-        last_id = rows[-1][0]
-        flagged.update(run_id for _, run_id, flags in rows if _set_flags(flags))
+    flagged: Counter[int] = Counter(
+        run_id
+        for run_id, flags in session.execute(
+            select(Generation.run_id, Generation.quality_flags)
+            .where(Generation.run_id.in_(run_ids), Generation.ok.is_(True), _has_flag_text())
+            .execution_options(yield_per=PAGE_SIZE)
+        )
+        if _set_flags(flags)
+    )
     result = []
     for run_id, status, config, total, generated, failed, requests in runs:
         count, latency = generations.get(run_id, (0, None))
@@ -456,25 +445,21 @@ def _run_stats(session: Session, dataset_id: int) -> tuple[RunStats, ...]:
 
 def _standing(dataset_id: int) -> Any:
     """Subquery (item_id, curator, action): each curator's latest standing decision per item."""
-    changed = (
-        select(Generation.item_id.label("item_id"),
-               func.max(Generation.created_at).label("changed_at"))
-        .join(Item, Item.id == Generation.item_id)
-        .where(Item.dataset_id == dataset_id, Generation.ok.is_(True),
-               Generation.source.in_(CONTENT_SOURCES))
-        .group_by(Generation.item_id)
-        .subquery()
+    content_changed_since = exists().where(
+        Generation.item_id == ReviewEvent.item_id,
+        Generation.ok.is_(True),
+        Generation.source.in_(CONTENT_SOURCES),
+        Generation.created_at > ReviewEvent.created_at,
     )
     latest = (
         select(func.max(ReviewEvent.id).label("event_id"))
         .join(Item, Item.id == ReviewEvent.item_id)
-        .outerjoin(changed, changed.c.item_id == ReviewEvent.item_id)
         .where(
             Item.dataset_id == dataset_id,
-            Item.status.in_(DECIDABLE),
+            Item.status.in_(tuple(DECIDABLE)),
             ReviewEvent.action.in_(DECISIONS),
             ReviewEvent.undone_by.is_(None),
-            or_(changed.c.changed_at.is_(None), ReviewEvent.created_at >= changed.c.changed_at),
+            ~content_changed_since,
         )
         .group_by(ReviewEvent.item_id, ReviewEvent.curator)
         .subquery()
@@ -524,7 +509,7 @@ def _agreement(session: Session, dataset: Dataset) -> Agreement:
     ).one()
     reviewable = session.scalar(
         select(func.count()).select_from(Item)
-        .where(Item.dataset_id == dataset.id, Item.status.in_(DECIDABLE))
+        .where(Item.dataset_id == dataset.id, Item.status.in_(tuple(DECIDABLE)))
     ) or 0
     return Agreement(
         reviews_required=required,
