@@ -15,6 +15,7 @@ from ui.bootstrap import bootstrap
 from vqa_engine.connection_check import check_endpoint
 from vqa_engine.errors import ConfigError, VQAError
 from vqa_engine.generator import GenerationSettings
+from vqa_engine.model_checks import ModelChecks
 from vqa_engine.profiles import Profile, list_profiles
 from vqa_engine.prompt_store import current_prompts
 from vqa_engine.run_estimate import estimate_run
@@ -330,6 +331,19 @@ with st.expander("Launch a run", expanded=open_run is None, icon=":material/rock
     temperature = params[1].slider("Temperature", 0.0, 2.0, 0.7, 0.05, key="run_temperature")
     distractors = params[2].slider("Distractors per item", 1, 8, (2, 4), key="run_distractors")
     max_tokens = params[3].number_input("Max tokens", 16, 32_768, 1024, step=64, key="run_max_tokens")
+    most_options = distractors[1] + 1
+    check_cols = st.columns(2)
+    blind_check = check_cols[0].checkbox(
+        "Blind check (ask without the image)", key="run_blind_check",
+        help="1 extra request per multiple-choice item, without the image: flags "
+             "blind_answerable when the model picks the correct letter anyway.")
+    circular_check = check_cols[1].checkbox(
+        "Circular check (rotate options)", key="run_circular_check",
+        help="One extra request per option of each multiple-choice item (up to "
+             f"{most_options} with these settings), with the image: flags "
+             "circular_inconsistent when the pick moves with the options or differs from "
+             "the recorded letter.")
+    model_checks = ModelChecks(blind=blind_check, circular=circular_check)
     with st.expander("Advanced"):
         adv = st.columns(3)
         attempt_limit = adv[0].number_input("Attempts per item", 1, 10, 3, key="run_attempts")
@@ -338,11 +352,20 @@ with st.expander("Launch a run", expanded=open_run is None, icon=":material/rock
                                     help="/workspace/Qwen3-VL-235B-A22B-Instruct → qwen3-vl-235b-a22b-instruct")
 
     endpoint = _chosen_endpoint(choice, profiles, model)
-    estimate = estimate_run(database, dataset_id, selection, item_ids)
+    estimate = estimate_run(database, dataset_id, selection, item_ids, checks=model_checks,
+                            max_options=most_options)
+    checks_part = ""
+    if estimate.check_requests:
+        parts = [f"{count:,} {name}" for count, name in (
+            (estimate.blind_check_requests, "blind check"),
+            (estimate.circular_check_requests, "circular check")) if count]
+        most = (f"; circular counted at {most_options} options per item"
+                if estimate.circular_check_requests else "")
+        checks_part = f" ({estimate.requests:,} to generate, {', '.join(parts)}{most})"
     st.info(
         f"Estimate: {estimate.items} item(s) ({estimate.multiple_choice} multiple choice, "
-        f"{estimate.fill_in_blank} fill-in-blank) → at most {estimate.requests:,} requests, "
-        f"about {estimate.image_tokens:,} image tokens "
+        f"{estimate.fill_in_blank} fill-in-blank) → at most {estimate.total_requests:,} "
+        f"requests{checks_part}, about {estimate.image_tokens:,} image tokens "
         f"(~{estimate.image_tokens_per_request:,.0f} per request, Qwen-VL counting). "
         "Answers already paid for are reused from the ledger.",
         icon=":material/calculate:",
@@ -372,6 +395,7 @@ with st.expander("Launch a run", expanded=open_run is None, icon=":material/rock
                     prompts=current_prompts(database),
                 ),
                 normalize_model=normalize,
+                model_checks=model_checks,
             )
             if page.host is not None:
                 run_id = page.host.launch_run(dataset_id, endpoint, settings, selection, item_ids)

@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import streamlit as st
 from sqlalchemy import select
+from streamlit.testing.v1 import AppTest
 
 from db.engine import Database
-from db.models import Generation, ItemStatus, LedgerEntry, RunStatus
+from db.models import Generation, ItemStatus, LedgerEntry, Run, RunStatus
 from db.queries import ItemFilter, list_items
 from vqa_engine.cli import build_parser
 from vqa_engine.client import RetryPolicy, Timeouts
@@ -413,3 +415,51 @@ def test_generate_takes_blind_and_circular_check_flags(tmp_path: Path) -> None:
     plain = build_parser().parse_args(["generate", "in.json", str(tmp_path)])
     assert not plain.blind_check and not plain.circular_check
 
+
+
+# ---------------------------------------------------------------- the Runs page
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def page_env(data_dir: Path, simulator: SimulatorServer,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The dashboard against the simulator, without an engine host (the test reads the run row)."""
+    monkeypatch.setenv("VQA_BASE_URL", simulator.base_url)
+    monkeypatch.setenv("VQA_EMBEDDED_WORKER", "0")
+    monkeypatch.chdir(ROOT)
+    yield
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def test_runs_page_check_boxes_add_their_requests_to_the_estimate_and_the_run(
+    page_env: None, data_dir: Path, database: Database,
+) -> None:
+    dataset = seed_dataset(database, data_dir, multiple_choice=3, fill_in_blank=2)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.query_params.update(dataset=str(dataset))
+    at.run()
+    at.switch_page("pages/2_Runs.py").run()
+    assert not at.exception, at.exception
+
+    def estimate() -> str:
+        return next(i.value for i in at.info if i.value.startswith("Estimate"))
+
+    assert "at most 8 requests," in estimate()
+    blind_box = at.checkbox(key="run_blind_check")
+    assert "1 extra request per multiple-choice item" in blind_box.help
+    assert "up to 5" in at.checkbox(key="run_circular_check").help
+    blind_box.check().run()
+    assert "at most 11 requests (8 to generate, 3 blind check)" in estimate()
+    at.checkbox(key="run_circular_check").check().run()
+    assert ("at most 26 requests (8 to generate, 3 blind check, 15 circular check; "
+            "circular counted at 5 options per item)") in estimate()
+    at.button(key="run_start").click().run()
+    assert not at.exception, at.exception
+    with database.read() as session:
+        [run] = list(session.scalars(select(Run)))
+    assert RunSettings.from_config(run.config["settings"]).model_checks == ModelChecks(
+        blind=True, circular=True)
