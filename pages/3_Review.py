@@ -21,7 +21,7 @@ from db.queries import (
     list_items,
     neighbours,
 )
-from ui import feedback
+from ui import bulk_panel, feedback
 from ui.bootstrap import bootstrap
 from ui.charts import STATUS_LABELS
 from ui.item_card import render_history, render_item_card
@@ -410,8 +410,22 @@ def card_view() -> None:
         watch_item(item.id, version)
 
     with st.expander(f"History ({len(entries)})", icon=":material/history:"):
-        render_history(entries)
+        render_history(entries, undo_buttons=lambda shown: history_undo(shown, item.id))
 
+
+# ------------------------------------------------------------------ bulk actions and undo
+
+
+def history_undo(entries: list[review.HistoryEntry], item_id: int) -> None:
+    with database.read() as session:
+        blockers = review.undo_blockers(session, item_id)
+    bulk_panel.render_undo_buttons(entries, blockers, database=database, curator=page.curator)
+
+
+bulk_panel.render_bulk_actions(database, item_filter, curator=page.curator, host=page.host)
+
+
+# ------------------------------------------------------------------ view
 
 if view == TABLE:
     table_view()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui import feedback
+from db.models import ItemStatus
+from ui import bulk_panel, feedback
 from ui.bootstrap import bootstrap
 from ui.charts import letter_chart
 from vqa_engine.export import (
@@ -71,6 +72,9 @@ with right:
         letter_chart(preview.letters)
     elif preview.count:
         st.caption("No multiple-choice item in this selection.")
+
+bulk_panel.render_balance_panel(page.database, dataset.id,
+                                selection.statuses or tuple(ItemStatus), curator=page.curator)
 
 file_name = default_file_name(dataset.name, fmt, image_mode)
 if st.button("Export", type="primary", icon=":material/file_export:", key="export_run",

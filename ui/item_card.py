@@ -7,7 +7,7 @@ Markdown, no HTML) or inside a dataframe; Markdown is used only for our own labe
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -148,7 +148,11 @@ def render_header(detail: ItemDetail) -> None:
                 f"version {item.version}")
 
 
-def render_history(entries: Sequence[HistoryEntry]) -> None:
+def render_history(
+    entries: Sequence[HistoryEntry],
+    undo_buttons: Callable[[Sequence[HistoryEntry]], None] | None = None,
+) -> None:
+    """The history table; `undo_buttons` draws an Undo for each review entry under it."""
     if not entries:
         st.caption("No history yet.")
         return
@@ -168,6 +172,8 @@ def render_history(entries: Sequence[HistoryEntry]) -> None:
             }
         )
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    if undo_buttons is not None:
+        undo_buttons(entries)
 
 
 def _short(value: object, limit: int = 60) -> str:
