@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -416,7 +416,7 @@ def card_view() -> None:
 # ------------------------------------------------------------------ bulk actions and undo
 
 
-def history_undo(entries: list[review.HistoryEntry], item_id: int) -> None:
+def history_undo(entries: Sequence[review.HistoryEntry], item_id: int) -> None:
     with database.read() as session:
         blockers = review.undo_blockers(session, item_id)
     bulk_panel.render_undo_buttons(entries, blockers, database=database, curator=page.curator)
