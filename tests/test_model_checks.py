@@ -8,6 +8,9 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,9 +42,10 @@ from vqa_engine.prompts import check_prompt, prompt_role, read_check_prompt
 from vqa_engine.run_estimate import estimate_run
 from vqa_engine.runs import ItemSelection, RunProgress, RunSettings, run_progress, start_run
 from vqa_engine.settings import Endpoint
-from vqa_engine.simulator import ForcedFault, SimulatorServer
+from vqa_engine.simulator import ForcedFault, SimulatorConfig, SimulatorServer
 from vqa_engine.worker import WorkerSettings
 from tests.generation_data import items_of, seed_dataset
+from tests.test_cli_generate import clean_env, write_input
 
 OPTIONS = {"A": "red", "B": "blue", "C": "green", "D": "a red car"}
 
@@ -204,8 +208,6 @@ def host(database: Database, data_dir: Path) -> Iterator[Callable[[], EngineHost
 
 
 def wait_finished(database: Database, run_id: int, timeout: float = 20.0) -> RunProgress:
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         progress = run_progress(database, run_id)
@@ -463,3 +465,23 @@ def test_runs_page_check_boxes_add_their_requests_to_the_estimate_and_the_run(
         [run] = list(session.scalars(select(Run)))
     assert RunSettings.from_config(run.config["settings"]).model_checks == ModelChecks(
         blind=True, circular=True)
+
+
+def test_generate_command_runs_the_checks_and_sums_up_their_flags(tmp_path: Path) -> None:
+    questions = write_input(tmp_path, multiple_choice=3, fill_in_blank=1)
+    config = SimulatorConfig(latency_ms=1, seed=0, check_strategy="first")  # position bias
+    with SimulatorServer(config) as server:
+        done = subprocess.run(
+            [sys.executable, "-m", "vqa_engine", "generate", str(questions),
+             str(tmp_path / "out"), "--blind-check", "--circular-check"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env=clean_env(VQA_BASE_URL=server.base_url, VQA_MODEL="simulated-vlm"))
+        checks = server.stats.by_role["check"]
+        blind_sent = checks - server.stats.with_image["check"]
+    assert done.returncode == 0, done.stderr
+    assert blind_sent == 3 and checks > 3 + 3  # 1 blind + n rotations per item
+    summary = re.search(r"model checks: (\d+) blind_answerable, (\d+) circular_inconsistent, "
+                        r"(\d+) check_incomplete", done.stdout)
+    assert summary is not None, done.stdout
+    assert summary.group(2) == "3" and summary.group(3) == "0"
+    assert f"{2 * 3 + 1 + checks} request(s)" in done.stdout

@@ -28,14 +28,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import func, select
+from sqlalchemy import Text, cast, func, select
 
 from db.engine import Database, open_database
 from db.models import Dataset, Generation, Item, ItemStatus, RunStatus
 from vqa_engine.client import RetryPolicy
 from vqa_engine.errors import ConfigError
 from vqa_engine.generator import GenerationSettings
-from vqa_engine.model_checks import ModelChecks
+from vqa_engine.model_checks import CHECK_FLAGS, ModelChecks
 from vqa_engine.records import item_record
 from vqa_engine.runs import (
     ItemSelection,
@@ -302,6 +302,8 @@ def run_pipeline(options: PipelineOptions, *, out: TextIO = sys.stdout,
         else:
             print("every item is already generated; writing the outputs", file=out)
         results, errors = write_outputs(database, dataset_id, out_dir)
+        checked = (check_flag_counts(database, dataset_id)
+                   if settings.model_checks.any else None)
     finally:
         database.close()
     elapsed = time.perf_counter() - started
@@ -311,6 +313,10 @@ def run_pipeline(options: PipelineOptions, *, out: TextIO = sys.stdout,
         progress=progress,
     )
     print(_summary(result, progress, elapsed), file=out)
+    if checked is not None:
+        shown = ", ".join(f"{count} {name}" for name, count in checked.items())
+        print(f"model checks: {shown} (the flags are on each item in the Review page)",
+              file=out)
     if progress is not None and progress.status is not RunStatus.COMPLETED:
         result.exit_code = 1
         result.message = progress.message or f"the run ended {progress.status.value}"
@@ -323,6 +329,24 @@ def run_pipeline(options: PipelineOptions, *, out: TextIO = sys.stdout,
         )
         print(f"error: {result.message}", file=err)
     return result
+
+
+def check_flag_counts(database: Database, dataset_id: int) -> dict[str, int]:
+    """How many items' current generations carry each model-check flag."""
+    counts = dict.fromkeys(CHECK_FLAGS, 0)
+    statement = (
+        select(Generation.quality_flags)
+        .join(Item, Item.current_generation_id == Generation.id)
+        .where(Item.dataset_id == dataset_id,
+               cast(Generation.quality_flags, Text).not_in(["{}", "null"]))
+        .execution_options(yield_per=PAGE)
+    )
+    with database.read() as session:
+        for flags in session.scalars(statement):
+            for name in CHECK_FLAGS:
+                if (flags or {}).get(name):
+                    counts[name] += 1
+    return counts
 
 
 def _summary(result: PipelineResult, progress: RunProgress | None, elapsed: float) -> str:
