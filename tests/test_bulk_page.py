@@ -47,7 +47,15 @@ def open_page(page: str, **params: str) -> AppTest:
     at.run()
     at.switch_page(page).run()
     assert not at.exception, at.exception
+    assert "bulk_apply" not in keys(at) and "balance_apply" not in keys(at)  # lazy until open
+    at.session_state["bulk_open"] = at.session_state["balance_open"] = True
+    at.run()
+    assert not at.exception, at.exception
     return at
+
+
+def keys(at: AppTest) -> set[str]:
+    return {b.key for b in at.button if b.key}
 
 
 def click(at: AppTest, key: str) -> None:

@@ -76,8 +76,16 @@ def _confirm(database: Database, curator: str, host: EngineHost | None) -> None:
 def render_bulk_actions(
     database: Database, item_filter: ItemFilter, *, curator: str, host: EngineHost | None
 ) -> None:
-    """The "Bulk actions" expander of the Review page, on its current filter."""
-    with st.expander("Bulk actions", icon=":material/select_all:"):
+    """The "Bulk actions" expander of the Review page, on its current filter.
+
+    Its queries run only while it is open, so the page's reruns stay cheap.
+    """
+    panel = st.expander("Bulk actions", icon=":material/select_all:", key="bulk_open",
+                        on_change="rerun")
+    if not panel.open:
+        _cancel()
+        return
+    with panel:
         action = st.selectbox("Action", bulk.REVIEW_PAGE_ACTIONS, key="bulk_action",
                               format_func=lambda a: bulk.ACTION_LABELS[a])
         shown = bulk.preview(database, item_filter, action)
@@ -222,8 +230,16 @@ def _histogram_lines(before: Histogram, after: Histogram) -> str:
 def render_balance_panel(
     database: Database, dataset_id: int, statuses: tuple[ItemStatus, ...], *, curator: str
 ) -> None:
-    """The Export page's "Balance letters" action over the selected items."""
-    with st.expander("Balance letters", icon=":material/balance:"):
+    """The Export page's "Balance letters" action over the selected items.
+
+    Planning reads every selected item, so it runs only while the expander is open.
+    """
+    panel = st.expander("Balance letters", icon=":material/balance:", key="balance_open",
+                        on_change="rerun")
+    if not panel.open:
+        _cancel_balance()
+        return
+    with panel:
         st.caption("Re-orders options so that, per option count, every letter is correct "
                    "within one time of the others; texts never change, and each moved item "
                    "gets a review event. One batch, undoable below.")
