@@ -47,8 +47,8 @@ from vqa_engine.errors import (
     PayloadTooLargeError,
 )
 from vqa_engine.ledger import LedgerRecord, Role, request_key
-from vqa_engine.model_checks import ROLE as CHECK_ROLE
 from vqa_engine.model_checks import (
+    CHECK_ROLE,
     CHECK_TEMPERATURE,
     NO_CHECKS,
     CheckAnswer,

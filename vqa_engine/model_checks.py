@@ -43,7 +43,7 @@ CHECK_FLAGS: tuple[str, ...] = (BLIND_ANSWERABLE, CIRCULAR_INCONSISTENT, CHECK_I
 
 BLIND = "blind"
 CIRCULAR = "circular"
-ROLE = "check"  # the ledger role of check requests (next to ledger.Role's answer / distractors)
+CHECK_ROLE = "check"  # ledger role of check requests, beside ledger.Role.ANSWER / DISTRACTORS
 CHECK_TEMPERATURE = 0.0
 
 CHOICE_KEYS = ("choice", "answer", "letter", "option", "correct_option", "final_answer",
