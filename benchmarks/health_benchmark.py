@@ -6,13 +6,16 @@ Builds a temporary SQLite database with one dataset of `--items` items (bulk Cor
 80 % multiple choice with 3 to 5 options and uneven letters, 20 % fill-in-blank; 40 %
 accepted, 40 % generated, 10 % rejected, 5 % failed, 5 % pending; 10 % of generations carry
 one or two quality flags; two runs with latencies; one decision per decided item, a second
-curator on a fifth of them and an undone decision on every fiftieth. Then times
-`dataset_health` (every figure, one read transaction) and its parts.
+curator on a fifth of them (disagreeing on a fifth of those), an undone decision on every
+fiftieth. Then times `dataset_health` (every figure, one read transaction) and its parts,
+and whole reruns of the Health page through Streamlit's AppTest (an upper bound of the
+script's server time: AppTest parses the page's output too).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -109,8 +112,11 @@ def build(database: Database, count: int) -> int:
                 curators = ["ana"] if offset % 5 else ["ana", "ben"]
                 for curator in curators:
                     event_id += 1
+                    differs = curator == "ben" and offset % 25 == 0
+                    decided = (ReviewAction.REJECT if action is ReviewAction.ACCEPT
+                               else ReviewAction.ACCEPT) if differs else action
                     events.append({"id": event_id, "item_id": item_id, "curator": curator,
-                                   "action": action, "before": {}, "after": {},
+                                   "action": decided, "before": {}, "after": {},
                                    "created_at": now,
                                    "undone_by": event_id if offset % 50 == 0 else None})
         with database.write() as session:
@@ -138,6 +144,10 @@ def main() -> None:
     from vqa_engine import health  # noqa: PLC0415
 
     data = Path(tempfile.mkdtemp(prefix="vqa-health-bench-"))
+    os.environ["VQA_DATA_DIR"] = str(data)
+    os.environ.pop("VQA_DATABASE_URL", None)
+    os.environ["VQA_EMBEDDED_WORKER"] = "0"
+    os.chdir(ROOT)
     database = open_database(f"sqlite:///{data / 'vqa.db'}")
     started = time.perf_counter()
     dataset_id = build(database, args.items)
@@ -158,6 +168,17 @@ def main() -> None:
         "per curator": part(health._curator_decisions),
         "agreement": lambda: health.agreement(database, dataset_id),
     }
+    def page() -> Callable[[], object]:
+        from streamlit.testing.v1 import AppTest  # noqa: PLC0415
+
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        at.query_params["dataset"] = str(dataset_id)
+        at.run()
+        at.switch_page("pages/6_Health.py").run()
+        assert not at.exception, at.exception
+        return at.run
+
+    timings["Health page rerun (AppTest)"] = page()
     health.dataset_health(database, dataset_id)  # warm the page cache
     print(f"\n{args.items:,} items, SQLite, {args.samples} samples (ms)\n")
     print("| what | median ms | max ms |")
