@@ -134,7 +134,7 @@ if report.curators:
 else:
     st.caption("No decisions yet.")
 columns = st.columns(3)
-columns[0].metric("Agreement", _share(agreement.rate),
+columns[0].metric("Items agreed on", f"{agreement.agreeing} of {agreement.double_reviewed}",
                   help="Items where every curator who decided made the same decision")
 columns[1].metric("Decided by two or more curators", agreement.double_reviewed)
 columns[2].metric(

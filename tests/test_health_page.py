@@ -68,6 +68,7 @@ def test_page_shows_letters_flags_curators_and_agreement(app_env: Path,
     assert metrics["Flagged"] == "4"
     assert metrics["Length bias"] == "18.2%"
     assert metrics["Agreement"] == "66.7%"
+    assert metrics["Items agreed on"] == "2 of 3"
     assert metrics["Still need a review"] == "9"
     assert "No decisions yet." not in shown
     assert "Standing decisions per curator" in shown
