@@ -11,7 +11,8 @@ Definitions:
 - Letters: per option count, how often each letter is the correct one, with Pearson's
   chi-square test against an even spread (every letter equally likely). The p-value is the
   chance of a spread at least this uneven if letters were really drawn evenly; below
-  `SIGNIFICANCE` the spread is called uneven.
+  `SIGNIFICANCE` the spread is called uneven. A correct letter that is not among the item's
+  own options (a broken record) is left out of its group's counts.
 - Flags: items whose current generation carries the flag (any flag name that appears).
 - Length bias: the share of multiple-choice items whose current generation carries the
   `length_bias` flag (the correct option is the only longest; judged with at least
@@ -38,7 +39,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Text, and_, case, cast, distinct, exists, func, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    ScalarSelect,
+    Subquery,
+    Text,
+    and_,
+    case,
+    cast,
+    distinct,
+    exists,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from db.engine import Database
@@ -292,7 +306,7 @@ def _set_flags(flags: Any) -> list[str]:
     return [name for name, value in flags.items() if value not in (None, False, "")]
 
 
-def _has_flag_text() -> Any:
+def _has_flag_text() -> ColumnElement[bool]:
     # Most generations carry no flag: the text comparison skips them before any JSON is read.
     return and_(
         Generation.quality_flags.is_not(None),
@@ -300,7 +314,7 @@ def _has_flag_text() -> Any:
     )
 
 
-def _option_count(session: Session) -> Any:
+def _option_count(session: Session) -> ScalarSelect[int]:
     """The number of keys of `Generation.options`, as a correlated scalar subquery."""
     keys = "json_each" if session.get_bind().dialect.name == "sqlite" else "json_object_keys"
     return (
@@ -443,7 +457,7 @@ def _run_stats(session: Session, dataset_id: int) -> tuple[RunStats, ...]:
     return tuple(result)
 
 
-def _standing(dataset_id: int) -> Any:
+def _standing(dataset_id: int) -> Subquery:
     """Subquery (item_id, curator, action): each curator's latest standing decision per item."""
     content_changed_since = exists().where(
         Generation.item_id == ReviewEvent.item_id,
