@@ -31,6 +31,7 @@ PAGES = (
     ("pages/2_Runs.py", "Runs", ":material/play_arrow:"),
     ("pages/3_Review.py", "Review", ":material/rate_review:"),
     ("pages/4_Export.py", "Export", ":material/download:"),
+    ("pages/6_Health.py", "Health", ":material/monitor_heart:"),
     ("pages/5_Settings.py", "Settings", ":material/settings:"),
 )
 
