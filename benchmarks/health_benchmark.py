@@ -165,7 +165,7 @@ def main() -> None:
         "letters per option count": part(health._letter_tests, every),
         "flag scan (flagged rows only)": part(health._flag_scan, every),
         "per run": part(health._run_stats),
-        "per curator": part(health._curator_decisions),
+        "per curator": part(health.curator_decisions),
         "agreement": lambda: health.agreement(database, dataset_id),
     }
     def page() -> Callable[[], object]:

@@ -457,8 +457,13 @@ def _run_stats(session: Session, dataset_id: int) -> tuple[RunStats, ...]:
     return tuple(result)
 
 
-def _standing(dataset_id: int) -> Subquery:
-    """Subquery (item_id, curator, action): each curator's latest standing decision per item."""
+def standing_decisions(dataset_id: int, item_ids: Iterable[int] | None = None) -> Subquery:
+    """Subquery (item_id, curator, action): each curator's latest standing decision per item.
+
+    A decision stands while it is not undone and no model generation or edit came after
+    it (a reshuffle keeps the texts, so it keeps decisions). Team review hands out items
+    by the same rule, restricted to a page of `item_ids`.
+    """
     content_changed_since = exists().where(
         Generation.item_id == ReviewEvent.item_id,
         Generation.ok.is_(True),
@@ -474,6 +479,7 @@ def _standing(dataset_id: int) -> Subquery:
             ReviewEvent.action.in_(DECISIONS),
             ReviewEvent.undone_by.is_(None),
             ~content_changed_since,
+            *([] if item_ids is None else [ReviewEvent.item_id.in_(list(item_ids))]),
         )
         .group_by(ReviewEvent.item_id, ReviewEvent.curator)
         .subquery()
@@ -485,8 +491,8 @@ def _standing(dataset_id: int) -> Subquery:
     )
 
 
-def _curator_decisions(session: Session, dataset_id: int) -> tuple[CuratorDecisions, ...]:
-    standing = _standing(dataset_id)
+def curator_decisions(session: Session, dataset_id: int) -> tuple[CuratorDecisions, ...]:
+    standing = standing_decisions(dataset_id)
     counts: dict[str, Counter[ReviewAction]] = {}
     for curator, action, count in session.execute(
         select(standing.c.curator, standing.c.action, func.count())
@@ -500,9 +506,9 @@ def _curator_decisions(session: Session, dataset_id: int) -> tuple[CuratorDecisi
     return tuple(sorted(curators, key=lambda c: (-c.decided, c.curator)))
 
 
-def _agreement(session: Session, dataset: Dataset) -> Agreement:
+def agreement_in_session(session: Session, dataset: Dataset) -> Agreement:
     required = max(int(dataset.reviews_required or 1), 1)
-    standing = _standing(dataset.id)
+    standing = standing_decisions(dataset.id)
     per_item = (
         select(
             standing.c.item_id,
@@ -538,7 +544,7 @@ def _agreement(session: Session, dataset: Dataset) -> Agreement:
 def agreement(database: Database, dataset_id: int) -> Agreement:
     """How often curators who decided the same item agree, and how many items still wait."""
     with database.read() as session:
-        return _agreement(session, _dataset(session, dataset_id))
+        return agreement_in_session(session, _dataset(session, dataset_id))
 
 
 def dataset_health(
@@ -559,8 +565,8 @@ def dataset_health(
             .where(Item.dataset_id == dataset_id, Item.status.in_(wanted))
         ) or 0
         runs = _run_stats(session, dataset_id)
-        curators = _curator_decisions(session, dataset_id)
-        agreed = _agreement(session, dataset)
+        curators = curator_decisions(session, dataset_id)
+        agreed = agreement_in_session(session, dataset)
     minimum = DEFAULT_CONFIG.length_bias_min_options
     chance = sum(test.total / test.option_count for test in letters if test.option_count >= minimum)
     return DatasetHealth(
