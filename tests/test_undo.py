@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from curated_rows import add_dataset, add_image, add_item
 from db.engine import Database
-from db.models import Item, ItemStatus, ReviewAction, ReviewEvent
+from db.models import Item, ReviewAction, ReviewEvent
 from vqa_engine import review
 from vqa_engine.errors import ConflictError
 from vqa_engine.generator import AttemptFailure, GenerationResult, ItemOutcome
@@ -40,7 +40,6 @@ def state(database: Database, item_id: int) -> dict[str, Any]:
         shot = review.snapshot(item, review.current_generation(session, item))
     shot.pop("version")
     return shot
-
 
 
 def version(database: Database, item_id: int) -> int:

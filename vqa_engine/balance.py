@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
@@ -31,16 +32,14 @@ from db.models import (
     QuestionType,
     ReviewAction,
 )
-from vqa_engine.bulk import count_on_batch, start_batch
+from vqa_engine.bulk import record_chunk, start_batch
 from vqa_engine.errors import ValidationError
 from vqa_engine.records import LETTERS
 from vqa_engine.review import (
     add_reordered_generation,
     clean_curator,
-    current_generation,
     option_parts,
     options_with_answer_at,
-    record_event,
     snapshot,
     stale_conflict,
 )
@@ -177,16 +176,19 @@ def _apply_page(
     batch_id: int,
 ) -> tuple[int, int]:
     """Apply planned moves {item_id: (letter planned from, target)}; (changed, skipped)."""
-    changed = skipped = 0
+    skipped = 0
+    changed: list[tuple[Item, dict[str, Any]]] = []
     try:
         with database.write() as session:
             items = session.scalars(
                 select(Item).where(Item.id.in_(list(moves))).order_by(Item.id).with_for_update()
             ).all()
+            generations = {g.id: g for g in session.scalars(select(Generation).where(
+                Generation.id.in_([i.current_generation_id for i in items])))}
             skipped += len(moves) - len(items)
             for item in items:
                 planned_from, target = moves[item.id]
-                current = current_generation(session, item)
+                current = generations.get(item.current_generation_id or -1)
                 answer, distractors, options, letter = option_parts(current)
                 if (
                     current is None
@@ -202,13 +204,12 @@ def _apply_page(
                 add_reordered_generation(session, item, current, answer=answer,
                                          distractors=distractors, options=new_options,
                                          letter=target, seed=None)
-                record_event(session, item, curator=curator, action=ReviewAction.RESHUFFLE,
-                             before=before, reason=reason, batch_id=batch_id)
-                changed += 1
-            count_on_batch(session, batch_id, changed)
+                changed.append((item, before))
+            record_chunk(session, changed, curator=curator, action=ReviewAction.RESHUFFLE,
+                         batch_id=batch_id, reason=reason)
     except StaleDataError:
         raise stale_conflict(min(moves)) from None
-    return changed, skipped
+    return len(changed), skipped
 
 
 def plan_balance(

@@ -278,54 +278,85 @@ def count_on_batch(session: Session, batch_id: int, changed: int) -> None:
 
 
 def _locked(session: Session, chunk: Sequence[tuple[int, int]]) -> list[Item]:
-    """The chunk's items still at the version previewed, locked; the others are skipped."""
+    """The chunk's items still at the version previewed, locked; the others are skipped.
+
+    Their current generations are loaded with them and kept in `session.info` until the
+    transaction ends (the identity map holds only weak references).
+    """
     versions = dict(chunk)
     items = session.scalars(
         select(Item).where(Item.id.in_(list(versions))).order_by(Item.id).with_for_update()
     ).all()
+    _load_generations(session, [item.current_generation_id for item in items])
     return [item for item in items if item.version == versions[item.id]]
 
 
-def _change(session: Session, item: Item, action: BulkAction, *, curator: str,
-            batch_id: int, reason: str | None) -> bool:
+def _load_generations(session: Session, ids: Sequence[int | None]) -> None:
+    """Bring generations into the session at once, so per-item lookups need no query."""
+    wanted = sorted({gid for gid in ids if gid is not None})
+    kept = session.info.setdefault("bulk_generations", [])
+    for start in range(0, len(wanted), CHUNK_SIZE):
+        kept.extend(session.scalars(
+            select(Generation).where(Generation.id.in_(wanted[start : start + CHUNK_SIZE]))
+        ).all())
+
+
+def _change(session: Session, item: Item, action: BulkAction) -> dict[str, Any] | None:
+    """Change one item; its state before, or None when it no longer qualifies."""
     current = review.current_generation(session, item)
     before = review.snapshot(item, current)
     if action in (BulkAction.ACCEPT, BulkAction.REJECT):
         if item.status is not ItemStatus.GENERATED or current is None:
-            return False
+            return None
         item.status = ItemStatus.ACCEPTED if action is BulkAction.ACCEPT else ItemStatus.REJECTED
         item.updated_at = utcnow()
     elif action is BulkAction.RESHUFFLE:
         answer, distractors, old_options, _ = review.option_parts(current)
         if current is None or item.status not in review.DECIDABLE or not answer or not distractors:
-            return False
+            return None
         options, letter, seed = review.new_order(answer, distractors, old_options)
         review.add_reordered_generation(session, item, current, answer=answer,
                                         distractors=distractors, options=options,
                                         letter=letter, seed=seed)
     else:
         raise ValidationError(f"bulk action {action.value!r} is applied elsewhere")
-    review.record_event(session, item, curator=curator, action=_REVIEW_ACTIONS[action],
-                        before=before, reason=reason, batch_id=batch_id)
-    return True
+    return before
+
+
+def record_chunk(session: Session, changed: Sequence[tuple[Item, dict[str, Any]]], *,
+                  curator: str, action: ReviewAction, batch_id: int,
+                  reason: str | None, extra: dict[str, Any] | None = None) -> None:
+    """One event per changed item, after one flush for the chunk (which bumps versions)."""
+    session.flush()
+    session.add_all(
+        ReviewEvent(
+            item_id=item.id, curator=curator, action=action, before=before,
+            after={**review.snapshot(item, review.current_generation(session, item)),
+                   **(extra or {})},
+            reason=reason, batch_id=batch_id,
+        )
+        for item, before in changed
+    )
+    count_on_batch(session, batch_id, len(changed))
 
 
 def _apply_chunks(database: Database, rows: Sequence[tuple[int, int]], action: BulkAction,
                   *, curator: str, batch_id: int, reason: str | None) -> int:
-    changed = 0
+    total = 0
     for chunk in _chunks(rows):
         try:
             with database.write() as session:
-                done = sum(
-                    _change(session, item, action, curator=curator, batch_id=batch_id,
-                            reason=reason)
-                    for item in _locked(session, chunk)
-                )
-                count_on_batch(session, batch_id, done)
+                changed = []
+                for item in _locked(session, chunk):
+                    before = _change(session, item, action)
+                    if before is not None:
+                        changed.append((item, before))
+                record_chunk(session, changed, curator=curator, action=_REVIEW_ACTIONS[action],
+                              batch_id=batch_id, reason=reason)
         except StaleDataError:
             raise review.stale_conflict(chunk[0][0]) from None
-        changed += done
-    return changed
+        total += len(changed)
+    return total
 
 
 def _regenerate(database: Database, rows: Sequence[tuple[int, int]], *, curator: str,
@@ -338,19 +369,17 @@ def _regenerate(database: Database, rows: Sequence[tuple[int, int]], *, curator:
     for chunk in _chunks(rows):
         try:
             with database.write() as session:
-                done = []
+                changed = []
                 for item in _locked(session, chunk):
                     if item.status not in review.REGENERATABLE:
                         continue
-                    before = review.snapshot(item, review.current_generation(session, item))
-                    item.updated_at = utcnow()
-                    event = review.record_event(session, item, curator=curator,
-                                                action=ReviewAction.REGENERATE, before=before,
-                                                reason=reason, batch_id=batch_id)
-                    event.after = {**event.after, "scope": RegenerateScope.WHOLE.value,
-                                   "requested": True}
-                    done.append(item.id)
-                count_on_batch(session, batch_id, len(done))
+                    changed.append((item, review.snapshot(
+                        item, review.current_generation(session, item))))
+                    item.updated_at = utcnow()  # claims it: its version moves on
+                record_chunk(session, changed, curator=curator,
+                              action=ReviewAction.REGENERATE, batch_id=batch_id, reason=reason,
+                              extra={"scope": RegenerateScope.WHOLE.value, "requested": True})
+                done = [item.id for item, _ in changed]
         except StaleDataError:
             raise review.stale_conflict(chunk[0][0]) from None
         claimed.extend(done)
@@ -488,9 +517,12 @@ def undo_batch(database: Database, batch_id: int, *, curator: str) -> BatchUndoR
             items: dict[int, Item] = {}
             blocked: list[tuple[int, str]] = []
             for chunk in _chunks(standing):
-                items.update((item.id, item) for item in session.scalars(
+                loaded = session.scalars(
                     select(Item).where(Item.id.in_([e.item_id for e in chunk]))
-                    .with_for_update()))
+                    .with_for_update()).all()
+                items.update((item.id, item) for item in loaded)
+                _load_generations(session, [item.current_generation_id for item in loaded] + [
+                    (e.before or {}).get("current_generation_id") for e in chunk])
                 later = review.later_events(session, chunk)
                 for event in chunk:
                     item = items.get(event.item_id)
@@ -501,12 +533,10 @@ def undo_batch(database: Database, batch_id: int, *, curator: str) -> BatchUndoR
                         blocked.append((item.id, why))
             if blocked:
                 raise ConflictError(_blocked_message(batch, blocked, len(events)))
-            restored = 0
-            for event in standing:
-                item = items.get(event.item_id)
-                if item is not None:
-                    review.restore(session, item, event, curator=name)
-                    restored += 1
+            pairs = [(items[e.item_id], e) for e in standing if e.item_id in items]
+            for chunk in _chunks(pairs):
+                review.restore_many(session, chunk, curator=name)
+            restored = len(pairs)
             batch.undone_at = utcnow()
             batch.undone_by = name
             return BatchUndoResult(batch_id, restored, len(events) - len(standing))

@@ -810,23 +810,38 @@ def restore(
     session: Session, item: Item, event: ReviewEvent, *, curator: str
 ) -> ReviewEvent:
     """Put the item back to `event.before` and record the UNDO (checks are the caller's)."""
-    before = snapshot(item, current_generation(session, item))
-    target = event.before or {}
-    item.status = ItemStatus(target["status"])
-    item.current_generation_id = target.get("current_generation_id")
-    if item.status is ItemStatus.FAILED:
-        item.last_error = item.last_error or _last_failure(session, item.id)
-    else:
-        item.last_error = None
-    item.updated_at = utcnow()
-    undo_event = record_event(
-        session, item, curator=curator, action=ReviewAction.UNDO, before=before,
-        reason=f"undo of {event.action.value} (event {event.id}) by {event.curator}",
-    )
-    undo_event.after = {**undo_event.after, "undoes": event.id}
-    event.undone_by = undo_event.id
+    return restore_many(session, [(item, event)], curator=curator)[0]
+
+
+def restore_many(
+    session: Session, pairs: Sequence[tuple[Item, ReviewEvent]], *, curator: str
+) -> list[ReviewEvent]:
+    """`restore` for many items with two flushes in all, not two per item."""
+    befores = []
+    for item, event in pairs:
+        befores.append(snapshot(item, current_generation(session, item)))
+        target = event.before or {}
+        item.status = ItemStatus(target["status"])
+        item.current_generation_id = target.get("current_generation_id")
+        if item.status is ItemStatus.FAILED:
+            item.last_error = item.last_error or _last_failure(session, item.id)
+        else:
+            item.last_error = None
+        item.updated_at = utcnow()
+    session.flush()  # bumps every item's version
+    undo_events = [
+        ReviewEvent(
+            item_id=item.id, curator=curator, action=ReviewAction.UNDO, before=before,
+            after={**snapshot(item, current_generation(session, item)), "undoes": event.id},
+            reason=f"undo of {event.action.value} (event {event.id}) by {event.curator}",
+        )
+        for (item, event), before in zip(pairs, befores)
+    ]
+    session.add_all(undo_events)
     session.flush()
-    return undo_event
+    for (_item, event), undo_event in zip(pairs, undo_events):
+        event.undone_by = undo_event.id
+    return undo_events
 
 
 def undo(database: Database, event_id: int, *, curator: str) -> ReviewResult:
