@@ -118,7 +118,7 @@ def test_changed_items_get_a_reshuffle_generation_and_one_review_event(
             item = session.get(Item, event.item_id)
             generation = session.get(Generation, item.current_generation_id)
             assert event.action is ReviewAction.RESHUFFLE
-            assert event.curator == "ana"
+            assert event.curator == "ana" and event.batch_id == summary.batch_id
             assert event.reason == "balance letters (seed 5)"
             assert event.before["correct_letter"] != event.after["correct_letter"]
             assert event.after["current_generation_id"] == generation.id
@@ -159,7 +159,7 @@ def test_an_already_balanced_dataset_changes_nothing(database: Database, data_di
         generations = session.scalar(select(func.count()).select_from(Generation))
         events = session.scalar(select(func.count()).select_from(ReviewEvent))
     again = balance_letters(database, dataset_id, curator="bo", seed=9)
-    assert again.changed == 0
+    assert again.changed == 0 and again.batch_id is None  # no empty batch to undo
     assert again.histogram_after == again.histogram_before
     with database.read() as session:
         assert session.scalar(select(func.count()).select_from(Generation)) == generations
