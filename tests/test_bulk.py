@@ -234,3 +234,26 @@ def test_a_balance_is_one_batch_and_its_undo_restores_the_letters(
     bulk.undo_batch(database, batches[0].id, curator="ana")
     assert full_state(database, dataset_id) == before
     assert bulk.list_batches(database, dataset_id)[0].undone
+
+
+@pytest.mark.parametrize("action", [BulkAction.REJECT, BulkAction.RESHUFFLE], ids=lambda a: a.value)
+def test_bulk_apply_and_undo_on_postgresql(
+    postgres_database: Database, data_dir: Path, action: BulkAction
+) -> None:
+    with postgres_database.write() as session:
+        dataset = add_dataset(session)
+        image = add_image(session, data_dir)
+        for index in range(3):
+            add_item(session, dataset, image, external_id=f"r{index}", answer="I cannot see it",
+                     options={"A": "I cannot see it", "B": f"dog{index}"}, flags=REFUSAL)
+        add_item(session, dataset, image, external_id="plain")
+        dataset_id = dataset.id
+    item_filter = ItemFilter(dataset_id=dataset_id)
+    before = full_state(postgres_database, dataset_id)
+    shown = bulk.preview(postgres_database, item_filter, action)
+    assert shown.eligible == (3 if action is BulkAction.REJECT else 4)
+    result = bulk.apply(postgres_database, item_filter, action, curator="ana", token=shown.token)
+    assert result.changed == shown.eligible
+    assert changed_items(before, full_state(postgres_database, dataset_id)) == shown.eligible
+    bulk.undo_batch(postgres_database, result.batch_id, curator="ana")
+    assert full_state(postgres_database, dataset_id) == before
