@@ -127,3 +127,19 @@ def test_export_page_balances_after_a_preview_and_undoes(database: Database, dat
     click(at, f"bulk_undo_{batch.id}")
     with database.read() as session:
         assert session.get_one(ReviewBatch, batch.id).undone_by == "ana"
+
+
+def test_a_change_between_preview_and_confirmation_asks_to_look_again(
+    database: Database, dataset_id: int
+) -> None:
+    from vqa_engine import review
+
+    at = open_page("pages/3_Review.py", dataset=str(dataset_id), curator="ana", status="generated")
+    click(at, "bulk_apply")
+    with database.read() as session:
+        item = session.scalars(select(Item).order_by(Item.id)).first()
+    review.accept(database, item.id, curator="carl", expected_version=item.version)
+    at.run()
+    assert "bulk_confirm" not in keys(at)
+    assert "Accept 3 of 4 items" in shown_text(at)  # the accepted one left the filter
+    assert any("changed meanwhile" in i.value for i in at.info)

@@ -103,6 +103,11 @@ def render_bulk_actions(
                                     or pending["filter"] != item_filter):
             _cancel()
             pending = None
+        if pending is not None and pending["token"] != shown.token:
+            _cancel()
+            pending = None
+            st.info("The matching items changed meanwhile; check the preview above again.",
+                    icon=":material/info:")
         if not curator:
             st.caption("Type your name under **Curator** in the sidebar to use bulk actions.")
         if pending is None:
