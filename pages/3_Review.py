@@ -21,7 +21,7 @@ from db.queries import (
     list_items,
     neighbours,
 )
-from ui import bulk_panel, feedback
+from ui import bulk_panel, feedback, team_panel
 from ui.bootstrap import bootstrap
 from ui.charts import STATUS_LABELS
 from ui.item_card import render_history, render_item_card
@@ -205,12 +205,20 @@ def _act(done: str, call: Callable[[], object], advance_to: int | None = None) -
 
 def _decide(kind: str, item_id: int, version: int, next_id: int | None) -> None:
     action = {"accept": review.accept, "reject": review.reject}[kind]
-    advance = next_id if st.session_state.get("review_advance", True) else None
-    _act(
+    done = _act(
         f"Item {item_id} {kind}ed.",
         lambda: action(database, item_id, curator=page.curator, expected_version=version),
-        advance,
     )
+    if done and st.session_state.get("review_advance", True):
+        _go(_next_for_me() if team_panel.team_mode() else next_id)
+
+
+def _next_for_me(skip: int | None = None) -> int | None:
+    return team_panel.next_for_me(database, item_filter, page.curator, skip=skip)
+
+
+def _skip_to_next_for_me(item_id: int) -> None:
+    _go(_next_for_me(skip=item_id))
 
 
 def _reshuffle(item_id: int, version: int) -> None:
@@ -321,6 +329,9 @@ def watch_item(item_id: int, version: int) -> None:
 
 def card_view() -> None:
     item_id = _item_param()
+    if item_id is None and team_panel.team_mode() and page.curator:
+        item_id = _next_for_me()
+        _go(item_id)
     detail = _linked.get("detail") if item_id is not None else None
     if item_id is not None and (detail is None or detail.item.id != item_id):
         with database.read() as session:
@@ -346,9 +357,15 @@ def card_view() -> None:
                   disabled=previous_id is None, on_click=_go, args=(previous_id,))
     shown = f"{COUNT_CAP:,}+" if matching >= COUNT_CAP else str(matching)
     nav[1].caption(f"{shown} item(s) match the filter.")
-    nav[2].button("Next", icon=":material/arrow_forward:", shortcut="N", key="review_next",
-                  disabled=next_id is None, on_click=_go, args=(next_id,))
+    if team_panel.team_mode():
+        nav[2].button("Next for me", icon=":material/arrow_forward:", shortcut="N",
+                      key="review_next", on_click=_skip_to_next_for_me, args=(item.id,),
+                      help="An item no other curator is looking at; this one is freed.")
+    else:
+        nav[2].button("Next", icon=":material/arrow_forward:", shortcut="N", key="review_next",
+                      disabled=next_id is None, on_click=_go, args=(next_id,))
 
+    team_panel.render_lease_notice(database, item.id, page.curator)
     with st.container(border=True):
         render_item_card(detail, page.data_dir, image_key=f"review_enlarge_{item.id}")
 
@@ -423,6 +440,7 @@ def history_undo(entries: Sequence[review.HistoryEntry], item_id: int) -> None:
 
 
 bulk_panel.render_bulk_actions(database, item_filter, curator=page.curator, host=page.host)
+team_panel.render_team_panel(database, dataset_id, page.curator, item_param=ITEM_PARAM)
 
 
 # ------------------------------------------------------------------ view

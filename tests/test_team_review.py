@@ -220,3 +220,59 @@ def test_concurrent_curators_never_get_the_same_item_on_postgresql(
     dataset_id = make_dataset(postgres_database, data_dir, count=40)
     decided = concurrent_team_review(postgres_database, dataset_id, curators=6)
     assert len(decided) == 40 and set(decided.values()) == {1}
+
+
+# ---------------------------------------------------------------- on the Review page
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def page_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    import streamlit as st
+
+    monkeypatch.setenv("VQA_EMBEDDED_WORKER", "0")
+    monkeypatch.chdir(ROOT)
+    yield data_dir
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def review_page(dataset_id: int, curator: str):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=30)
+    at.query_params.update({"dataset": str(dataset_id), "curator": curator})
+    at.run()
+    at.switch_page("pages/3_Review.py").run()
+    assert not at.exception, at.exception
+    at.toggle(key="review_team").set_value(True).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def shown_item(at) -> int:
+    return int(at.query_params["item"][0] if isinstance(at.query_params["item"], list)
+               else at.query_params["item"])
+
+
+def test_team_mode_on_the_review_page_hands_out_and_advances(
+    page_env: Path, database: Database
+) -> None:
+    dataset_id = make_dataset(database, page_env, count=4)
+    ids = ids_of(database, dataset_id)
+    claim_next(database, ItemFilter(dataset_id=dataset_id), curator="ben")  # ben holds ids[0]
+    at = review_page(dataset_id, "ana")
+    assert shown_item(at) == ids[1]
+    at.button(key="review_accept").click().run()
+    assert not at.exception, at.exception
+    assert shown_item(at) == ids[2]  # the next free item, not ben's
+    at.button(key="review_next").click().run()
+    assert shown_item(at) == ids[3]
+    assert lease_of(database, ids[2]) is None  # skipping freed it
+    at.query_params["item"] = str(ids[0])
+    at.run()
+    assert "ben is reviewing this item" in "\n".join(i.value for i in at.info)
+    assert "1 of 4 item(s) reviewed by 1 curator(s)" in "\n".join(
+        p.proto.text for p in at.get("progress")
+    )

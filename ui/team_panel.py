@@ -36,8 +36,12 @@ def next_for_me(database: Database, item_filter: ItemFilter, curator: str,
     return item_id
 
 
-def _leave_team(database: Database, dataset_id: int, curator: str) -> None:
-    if not st.session_state.get(TEAM_KEY) and curator:
+def _toggle_team(database: Database, dataset_id: int, curator: str, item_param: str) -> None:
+    """Joining drops the item shown (the page then claims one); leaving frees the lease."""
+    if st.session_state.get(TEAM_KEY):
+        if item_param in st.query_params:
+            del st.query_params[item_param]
+    elif curator:
         with feedback.reported():
             release(database, dataset_id, curator=curator)
 
@@ -49,13 +53,14 @@ def _set_required(database: Database, dataset_id: int) -> None:
         feedback.tell("success", f"Each item now needs {count} curator(s).")
 
 
-def render_team_panel(database: Database, dataset_id: int, curator: str) -> None:
+def render_team_panel(database: Database, dataset_id: int, curator: str, *,
+                      item_param: str) -> None:
     """Toggle, curators per item, and the team's progress with one bar per curator."""
     with st.expander("Team review", icon=":material/groups:", expanded=team_mode()):
         columns = st.columns([2, 2, 3], vertical_alignment="bottom")
         columns[0].toggle(
             "Team mode", key=TEAM_KEY, disabled=not curator,
-            on_change=_leave_team, args=(database, dataset_id, curator),
+            on_change=_toggle_team, args=(database, dataset_id, curator, item_param),
             help="Next hands you an item no other curator is looking at (reserved for "
                  "5 minutes) and skips items you already decided.",
         )

@@ -112,7 +112,6 @@ def clean_curator(name: str) -> str:
     return cleaned
 
 
-_curator = clean_curator  # older name, still imported elsewhere
 
 
 def comparable(text: str) -> str:
