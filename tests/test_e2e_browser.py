@@ -177,7 +177,7 @@ def test_curator_workflow_in_a_real_browser(
 
             # Review: name the curator, accept the first item with the keyboard.
             page.goto(f"{url}/Review?dataset=1")
-            curator = page.get_by_label("Curator")
+            curator = page.get_by_label("Curator", exact=True)
             curator.fill("ana")
             curator.press("Enter")
             accept = page.locator(".st-key-review_accept button")
@@ -220,6 +220,14 @@ def test_curator_workflow_in_a_real_browser(
             page.goto(f"{url}/Review?item=6")
             expect(page.get_by_text("Which day has the tallest bar in the chart?")).to_be_visible()
             expect(page.get_by_role("link", name="Home")).to_be_visible()  # the shared frame
+
+            # Dataset health: charts drawn, the curator's decision counted, nothing raised.
+            page.goto(f"{url}/Health?dataset=1&curator=ana")
+            expect(page.get_by_role("heading", name="Correct letters")).to_be_visible()
+            expect(page.get_by_role("heading", name="Curators")).to_be_visible()
+            expect(page.locator("[data-testid=stVegaLiteChart]").first).to_be_visible()
+            expect(page.locator("[data-testid=stException]")).to_have_count(0)
+            page.screenshot(path=SCREENSHOTS / "vqa-e2e-health.png", full_page=True)
 
             # Export the accepted item as JSON through the download button.
             page.goto(f"{url}/Export?dataset=1&curator=ana")

@@ -371,6 +371,37 @@ def test_reshuffle_records_a_new_seed_and_keeps_the_texts(database: Database,
     assert events[0].action is ReviewAction.RESHUFFLE
 
 
+def test_reshuffle_restates_the_letters_its_flags_name(database: Database,
+                                                      data_dir: Path) -> None:
+    from vqa_engine.model_checks import CheckAnswer, judge
+
+    options = {"A": "dog", "B": "a tabby cat", "C": "cow"}
+    checks = judge([CheckAnswer("blind", 0, "B"),
+                    CheckAnswer("circular", 0, "B"), CheckAnswer("circular", 1, "A"),
+                    CheckAnswer("circular", 2, "B")], "B", 3)
+    with database.write() as session:
+        dataset = add_dataset(session)
+        image = add_image(session, data_dir)
+        item_id = add_item(session, dataset, image, external_id="biased", answer="a tabby cat",
+                           options=options, correct_letter="B",
+                           flags={"length_bias": {"reason": "the correct option B is the only "
+                                                  "longest (11 characters, next 3)"},
+                                  "refusal": {"reason": "kept as it was"}, **checks}).id
+    review.reshuffle(database, item_id, curator="alice",
+                     expected_version=version_of(database, item_id))
+    _, current, _ = state(database, item_id)
+    assert current is not None
+    moved = {old: new for old, text in options.items()
+             for new, again in current.options.items() if again == text}
+    flags = current.quality_flags
+    new = moved["B"]
+    assert flags["length_bias"]["reason"].startswith(f"the correct option {new} is the only")
+    assert flags["blind_answerable"]["reason"] == f"answered {new} correctly without the image"
+    assert flags["circular_inconsistent"]["reason"] == (
+        f"picked {new}, {moved['A']}, {new} over 3 rotations; recorded answer is {new}")
+    assert flags["refusal"] == {"reason": "kept as it was"}
+
+
 def test_reshuffle_of_a_fill_in_blank_item_is_refused(database: Database, items: Items) -> None:
     with pytest.raises(ValidationError, match="no options to reshuffle"):
         review.reshuffle(database, items.blank, curator="alice",

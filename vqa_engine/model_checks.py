@@ -30,6 +30,7 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from vqa_engine.errors import FormatError
 from vqa_engine.parsing import _json_candidates, _lookup, _prepare, _scalar_text, clean_value
@@ -242,8 +243,16 @@ class CheckAnswer:
     problem: str | None = None  # one line, when no letter was obtained
 
 
-def _flag(reason: str) -> dict[str, str]:
-    return {"reason": reason, "prompt_version": CHECK_PROMPT_VERSION}
+def _flag(reason: str, **facts: Any) -> dict[str, Any]:
+    return {"reason": reason, "prompt_version": CHECK_PROMPT_VERSION, **facts}
+
+
+def _blind_reason(letter: str) -> str:
+    return f"answered {letter} correctly without the image"
+
+
+def _circular_reason(picks: Sequence[str], recorded: str) -> str:
+    return f"picked {', '.join(picks)} over {len(picks)} rotations; recorded answer is {recorded}"
 
 
 def judge(answers: Sequence[CheckAnswer], correct_letter: str, option_count: int
@@ -256,17 +265,15 @@ def judge(answers: Sequence[CheckAnswer], correct_letter: str, option_count: int
         if answer.letter is None:
             incomplete.append(f"blind check not done ({answer.problem})")
         elif answer.letter == correct_letter:
-            flags[BLIND_ANSWERABLE] = _flag(
-                f"answered {answer.letter} correctly without the image")
+            flags[BLIND_ANSWERABLE] = _flag(_blind_reason(answer.letter), letter=answer.letter)
     circular = sorted((a for a in answers if a.kind == CIRCULAR), key=lambda a: a.rotation)
     if circular:
         picks = [a.letter for a in circular]
         known = [p for p in picks if p is not None]
-        shown = ", ".join(p or "?" for p in picks)
+        shown = [p or "?" for p in picks]
         if known and (len(set(known)) > 1 or known[0] != correct_letter):
             flags[CIRCULAR_INCONSISTENT] = _flag(
-                f"picked {shown} over {len(circular)} rotations; "
-                f"recorded answer is {correct_letter}")
+                _circular_reason(shown, correct_letter), picks=shown, recorded=correct_letter)
         elif len(known) < len(picks) or len(picks) < option_count:
             missing = [a for a in circular if a.letter is None]
             detail = missing[0].problem if missing else "not every rotation was asked"
@@ -276,6 +283,28 @@ def judge(answers: Sequence[CheckAnswer], correct_letter: str, option_count: int
     if incomplete:
         flags[CHECK_INCOMPLETE] = _flag("; ".join(incomplete))
     return flags
+
+
+def relabel_check_flags(flags: Mapping[str, Any], moved: Mapping[str, str]) -> dict[str, Any]:
+    """The same flags told in a new option order (`moved`: old letter -> new letter).
+
+    A reshuffle or a letter balance keeps the texts, so the checks' verdicts still hold;
+    only the letters their reasons name change.
+    """
+    result = dict(flags)
+    blind = flags.get(BLIND_ANSWERABLE)
+    if isinstance(blind, Mapping) and blind.get("letter") in moved:
+        letter = moved[blind["letter"]]
+        result[BLIND_ANSWERABLE] = {**blind, "letter": letter, "reason": _blind_reason(letter)}
+    circular = flags.get(CIRCULAR_INCONSISTENT)
+    if isinstance(circular, Mapping) and circular.get("recorded") in moved:
+        picks = [moved.get(pick, pick) for pick in circular.get("picks", [])]
+        recorded = moved[circular["recorded"]]
+        result[CIRCULAR_INCONSISTENT] = {
+            **circular, "picks": picks, "recorded": recorded,
+            "reason": _circular_reason(picks, recorded),
+        }
+    return result
 
 
 __all__ = [
@@ -291,5 +320,6 @@ __all__ = [
     "judge",
     "original_letter",
     "parse_choice",
+    "relabel_check_flags",
     "rotate_options",
 ]

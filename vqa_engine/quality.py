@@ -36,6 +36,8 @@ TRUNCATED_ANSWER = "truncated_answer"
 TOO_FEW_OPTIONS = "too_few_options"
 PARSER_FALLBACK = "parser_fallback"
 
+# Flags whose reasons name option letters: re-ordering the options restates them.
+LETTERED_FLAGS: tuple[str, ...] = (DUPLICATE_OPTIONS, DISTRACTOR_IS_ANSWER, LENGTH_BIAS)
 ALL_FLAGS: tuple[str, ...] = (
     DUPLICATE_OPTIONS, DISTRACTOR_IS_ANSWER, LENGTH_BIAS, REFUSAL, EMPTY_ANSWER,
     OVERLONG_ANSWER, TRUNCATED_ANSWER, TOO_FEW_OPTIONS, PARSER_FALLBACK,

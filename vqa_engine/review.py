@@ -39,7 +39,8 @@ from db.models import (
     utcnow,
 )
 from vqa_engine.errors import ConflictError, ValidationError, VQAError
-from vqa_engine.quality import check_generation
+from vqa_engine.model_checks import relabel_check_flags
+from vqa_engine.quality import LETTERED_FLAGS, check_generation
 from vqa_engine.records import LETTERS, compose_full_question
 
 if TYPE_CHECKING:
@@ -541,6 +542,25 @@ def edit(
         raise stale_conflict(item_id) from None
 
 
+def _reordered_flags(
+    current: Generation, answer: str, options: Mapping[str, str], letter: str
+) -> dict[str, Any]:
+    """The current flags with every letter they name moved to the new order."""
+    old_letters = {comparable(str(text)): key for key, text in (current.options or {}).items()}
+    moved = {old_letters[comparable(text)]: key for key, text in options.items()
+             if comparable(text) in old_letters}
+    flags = relabel_check_flags(current.quality_flags or {}, moved)
+    fresh = check_generation(
+        QuestionType.MULTIPLE_CHOICE, answer, dict(options), letter, current.explanation,
+        expected_options=None, answer_method=None, distractor_method=None,
+    )
+    for name in LETTERED_FLAGS:
+        flags.pop(name, None)
+        if name in fresh:
+            flags[name] = fresh[name]
+    return flags
+
+
 def add_reordered_generation(
     session: Session,
     item: Item,
@@ -566,7 +586,7 @@ def add_reordered_generation(
         full_question=compose_full_question(item.question, options),
         model=current.model,
         prompt_version=current.prompt_version,
-        quality_flags=dict(current.quality_flags or {}),
+        quality_flags=_reordered_flags(current, answer, options, letter),
     )
     session.add(generation)
     session.flush()

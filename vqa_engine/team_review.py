@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from db.engine import Database
 from db.models import Dataset, Item, ItemStatus, ReviewLease, utcnow
-from db.queries import ItemFilter, _filtered
+from db.queries import ItemFilter, filtered_items
 from vqa_engine.errors import ValidationError
 from vqa_engine.health import Agreement, curator_decisions, standing_decisions
 from vqa_engine.health import agreement_in_session as dataset_agreement
@@ -203,7 +203,7 @@ def claim_next(
         while True:
             page = list(
                 session.scalars(
-                    _filtered(select(Item.id).select_from(Item), candidates, join=False)
+                    filtered_items(select(Item.id).select_from(Item), candidates)
                     .where(Item.id > last_id, Item.id.not_in(held_by_others))
                     .order_by(Item.id)
                     .limit(settings.page_size)
@@ -226,7 +226,7 @@ def claim_next(
 def _still_needed(session: Session, item_id: int, candidates: ItemFilter, curator: str,
                   required: int) -> bool:
     matches = session.scalar(
-        _filtered(select(Item.id).select_from(Item), candidates, join=False)
+        filtered_items(select(Item.id).select_from(Item), candidates)
         .where(Item.id == item_id)
     )
     if matches is None:
