@@ -246,6 +246,8 @@ def review_page(dataset_id: int, curator: str):
     at.run()
     at.switch_page("pages/3_Review.py").run()
     assert not at.exception, at.exception
+    at.session_state["team_open"] = True
+    at.run()
     at.toggle(key="review_team").set_value(True).run()
     assert not at.exception, at.exception
     return at

@@ -28,37 +28,57 @@ STATUS_LABELS = {
 }
 
 
-def status_frame(rows: Mapping[str, Mapping[ItemStatus, int]]) -> pd.DataFrame:
-    """One row per name, one column per status label (in workflow order)."""
-    return pd.DataFrame(
-        [[counts.get(status, 0) for status in ItemStatus] for counts in rows.values()],
-        index=pd.Index(list(rows), name="dataset"),
-        columns=[STATUS_LABELS[status] for status in ItemStatus],
-    )
+BAR_SIZE = 22
+ROW_HEIGHT = 34
 
 
-def status_chart(rows: Mapping[str, Mapping[ItemStatus, int]], *, height: int | None = None) -> None:
+def horizontal_bars(
+    frame: pd.DataFrame, *, row: str, value: str, series: str | None = None,
+    colours: Mapping[str, str] | None = None, value_title: str | None = None,
+) -> None:
+    """One thick bar per row (stacked by `series`), rows in the frame's order.
+
+    Drawn with Altair rather than `st.bar_chart` so a chart of one or two rows keeps
+    readable bars instead of shrinking them under its legend and axis titles.
+    """
+    import altair as alt
+
+    rows = list(dict.fromkeys(frame[row]))
+    encoding: dict[str, object] = {
+        "x": alt.X(f"sum({value}):Q", title=value_title or value,
+                   axis=alt.Axis(tickMinStep=1, format="d")),
+        "y": alt.Y(f"{row}:N", sort=rows, title=None),
+        "tooltip": [row, *([series] if series else []), value],
+    }
+    if series is not None:
+        domain = list(colours) if colours else list(dict.fromkeys(frame[series]))
+        scale = alt.Scale(domain=domain, range=list(colours.values())) if colours else alt.Scale()
+        encoding["color"] = alt.Color(f"{series}:N", scale=scale, sort=domain,
+                                      legend=alt.Legend(orient="top", title=None))
+        encoding["order"] = alt.Order("series_order:Q")
+        frame = frame.assign(series_order=frame[series].map({n: i for i, n in enumerate(domain)}))
+    chart = alt.Chart(frame).mark_bar(size=BAR_SIZE).encode(**encoding)
+    st.altair_chart(chart.properties(height=alt.Step(ROW_HEIGHT)))
+
+
+def status_chart(rows: Mapping[str, Mapping[ItemStatus, int]]) -> None:
     """Stacked horizontal bars: items per status for each dataset (or run)."""
-    frame = status_frame(rows)
-    st.bar_chart(
-        frame,
-        horizontal=True,
-        stack=True,
-        color=[STATUS_COLOURS[status] for status in ItemStatus],
-        x_label="items",
-        y_label="",
-        height=height or max(120, 60 + 40 * len(frame)),
+    frame = pd.DataFrame(
+        [
+            {"name": name, "status": STATUS_LABELS[status], "items": counts.get(status, 0)}
+            for name, counts in rows.items()
+            for status in ItemStatus
+        ]
     )
+    colours = {STATUS_LABELS[status]: STATUS_COLOURS[status] for status in ItemStatus}
+    horizontal_bars(frame, row="name", value="items", series="status", colours=colours)
 
 
 def letter_chart(histogram: Mapping[str, int]) -> None:
     """How often each letter is the correct one; letters never correct show as zero."""
     last = max((LETTERS.index(letter) for letter in histogram if letter in LETTERS), default=-1)
     letters = list(LETTERS[: last + 1]) + sorted(set(histogram) - set(LETTERS))
-    frame = pd.DataFrame(
-        {"correct letter": letters, "items": [histogram.get(letter, 0) for letter in letters]}
-    )
-    st.bar_chart(frame, x="correct letter", y="items", sort=False, height=220)
+    expected_letter_chart({letter: histogram.get(letter, 0) for letter in letters}, None)
 
 
 def expected_letter_chart(counts: Mapping[str, int], expected: float | None) -> None:
@@ -82,25 +102,22 @@ def expected_letter_chart(counts: Mapping[str, int], expected: float | None) -> 
 
 def count_chart(counts: Mapping[str, int], *, label: str, value: str = "items") -> None:
     """Horizontal bars, largest first: how many items each name counts."""
-    frame = pd.DataFrame({label: list(counts), value: list(counts.values())})
-    st.bar_chart(frame, x=label, y=value, horizontal=True, sort=f"-{value}", y_label="",
-                 height=max(120, 60 + 32 * len(frame)))
+    ranked = sorted(counts.items(), key=lambda pair: -pair[1])
+    frame = pd.DataFrame({label: [n for n, _ in ranked], value: [c for _, c in ranked]})
+    horizontal_bars(frame, row=label, value=value)
 
 
-def decision_chart(decisions: Mapping[str, tuple[int, int]]) -> None:
+def decision_chart(decisions: Mapping[str, tuple[int, int]], *, title: str = "decisions") -> None:
     """Stacked horizontal bars per curator: accepted and rejected items."""
     accepted, rejected = STATUS_LABELS[ItemStatus.ACCEPTED], STATUS_LABELS[ItemStatus.REJECTED]
     frame = pd.DataFrame(
-        [[a, r] for a, r in decisions.values()],
-        index=pd.Index(list(decisions), name="curator"),
-        columns=[accepted, rejected],
+        [
+            {"curator": name, "decision": label, "items": count}
+            for name, (yes, no) in decisions.items()
+            for label, count in ((accepted, yes), (rejected, no))
+        ]
     )
-    st.bar_chart(
-        frame,
-        horizontal=True,
-        stack=True,
-        color=[STATUS_COLOURS[ItemStatus.ACCEPTED], STATUS_COLOURS[ItemStatus.REJECTED]],
-        x_label="decisions",
-        y_label="",
-        height=max(120, 60 + 40 * len(frame)),
-    )
+    colours = {accepted: STATUS_COLOURS[ItemStatus.ACCEPTED],
+               rejected: STATUS_COLOURS[ItemStatus.REJECTED]}
+    horizontal_bars(frame, row="curator", value="items", series="decision", colours=colours,
+                    value_title=title)

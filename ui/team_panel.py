@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from db.engine import Database
 from db.queries import ItemFilter
 from ui import feedback
+from ui.charts import decision_chart
 from vqa_engine.team_review import (
     MAX_REVIEWS_REQUIRED,
     claim_next,
@@ -55,8 +55,15 @@ def _set_required(database: Database, dataset_id: int) -> None:
 
 def render_team_panel(database: Database, dataset_id: int, curator: str, *,
                       item_param: str) -> None:
-    """Toggle, curators per item, and the team's progress with one bar per curator."""
-    with st.expander("Team review", icon=":material/groups:", expanded=team_mode()):
+    """Toggle, curators per item, and the team's progress with one bar per curator.
+
+    Progress reads every standing decision of the dataset, so it runs only while open.
+    """
+    panel = st.expander("Team review", icon=":material/groups:", expanded=team_mode(),
+                        key="team_open", on_change="rerun")
+    if not panel.open:
+        return
+    with panel:
         columns = st.columns([2, 2, 3], vertical_alignment="bottom")
         columns[0].toggle(
             "Team mode", key=TEAM_KEY, disabled=not curator,
@@ -84,14 +91,8 @@ def render_team_panel(database: Database, dataset_id: int, curator: str, *,
         if not progress.curators:
             st.caption("No decisions yet.")
             return
-        frame = pd.DataFrame(
-            {"accepted": [c.accepted for c in progress.curators],
-             "rejected": [c.rejected for c in progress.curators]},
-            index=pd.Index([c.curator for c in progress.curators], name="curator"),
-        )
-        st.bar_chart(frame, horizontal=True, stack=True, color=["#30a46c", "#6e6e6e"],
-                     x_label="standing decisions", y_label="",
-                     height=max(120, 60 + 36 * len(frame)))
+        decision_chart({c.curator: (c.accepted, c.rejected) for c in progress.curators},
+                       title="standing decisions")
         reviewing = [f"{c.curator} (item {c.leased_item})" for c in progress.curators
                      if c.leased_item is not None]
         if reviewing:
