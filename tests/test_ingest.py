@@ -655,3 +655,24 @@ def test_failure_while_writing_rows_removes_moved_files_but_never_older_ones(
         ingest_dataset(database, questions, [images], "new", workers=1)
     assert storage_snapshot() == before
     assert orphan.read_bytes() == new_image
+
+
+def test_pool_workers_never_run_the_script_that_started_them(
+    tmp_path: Path, database: Database, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streamlit runs each page as `__main__`; pool children must not run the page again."""
+    import sys
+    import types
+
+    marker = tmp_path / "page-ran-again"
+    page = tmp_path / "page.py"
+    page.write_text(f"open({str(marker)!r}, 'a').write('x')\n")
+    script = types.ModuleType("__main__")
+    script.__file__ = str(page)
+    script.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", script)
+    summary = ingest_dataset(database, DEMO / "questions.json", [DEMO / "images.zip"],
+                             "pooled", workers=2)
+    assert summary.images_stored == 10
+    assert sys.modules["__main__"] is script
+    assert not marker.exists()

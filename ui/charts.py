@@ -43,6 +43,8 @@ def horizontal_bars(
     """
     import altair as alt
 
+    if frame.empty:
+        return
     rows = list(dict.fromkeys(frame[row]))
     encoding: dict[str, object] = {
         "x": alt.X(f"sum({value}):Q", title=value_title or value,

@@ -9,6 +9,11 @@ memory stays flat however large the upload.
 Pools never fork: the dashboard's server process runs threads (the engine's event loop),
 and a forked child can inherit a lock one of them holds. The fork server is used instead,
 with this module preloaded so each worker starts with it already imported.
+
+A spawned or fork-server child re-imports its parent's `__main__` by file path, and
+Streamlit runs every page as `__main__`: left alone, each worker would run the Upload page
+(and the app's start-up) again. The pool's processes are therefore started while
+`__main__` is a bare module, and only then given work.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import sys
+import threading
+import types
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
@@ -116,6 +125,26 @@ def _pool_task(task: PrepareTask, settings: WorkerSettings) -> TaskResult:
     return prepare_task(task, settings, _worker_known)
 
 
+_MAIN_SWAP = threading.Lock()
+
+
+@contextmanager
+def bare_main() -> Iterator[None]:
+    """While processes start, `__main__` is a module with no file for children to re-run."""
+    with _MAIN_SWAP:
+        main = sys.modules.get("__main__")
+        has_script = main is not None and getattr(main, "__spec__", None) is None \
+            and getattr(main, "__file__", None)
+        if not has_script:
+            yield
+            return
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            sys.modules["__main__"] = main
+
+
 def pool_context() -> BaseContext:
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" in methods:
@@ -149,6 +178,9 @@ def run_tasks(
         max_workers=workers, mp_context=pool_context(),
         initializer=_init_worker, initargs=(known,),
     ) as pool:
+        with bare_main():
+            # The executor would start processes one per submit, later, outside the swap.
+            pool._launch_processes()
         try:
             while True:
                 while len(pending) < workers * in_flight and not should_stop():
