@@ -163,6 +163,17 @@ def test_undone_decisions_and_later_edits_need_review_again(database: Database, 
     assert claim_next(database, scope, curator="ana") == ids[0]  # ana must look again
 
 
+def test_a_curator_who_changed_their_mind_counts_once(database: Database, data_dir: Path) -> None:
+    dataset_id = make_dataset(database, data_dir, count=1)
+    only = ids_of(database, dataset_id)[0]
+    set_reviews_required(database, dataset_id, 2)
+    decide(database, only, "ana")
+    decide(database, only, "ana", accept=False)
+    assert team_progress(database, dataset_id).agreement.fully_reviewed == 0
+    assert claim_next(database, ItemFilter(dataset_id=dataset_id), curator="ben") == only
+    assert claim_next(database, ItemFilter(dataset_id=dataset_id), curator="ana") is None
+
+
 def test_reviews_required_is_checked(database: Database, data_dir: Path) -> None:
     dataset_id = make_dataset(database, data_dir, count=1)
     with pytest.raises(ValidationError, match="choose 1 to 5"):

@@ -457,29 +457,35 @@ def _run_stats(session: Session, dataset_id: int) -> tuple[RunStats, ...]:
     return tuple(result)
 
 
-def standing_decisions(dataset_id: int, item_ids: Iterable[int] | None = None) -> Subquery:
-    """Subquery (item_id, curator, action): each curator's latest standing decision per item.
-
-    A decision stands while it is not undone and no model generation or edit came after
-    it (a reshuffle keeps the texts, so it keeps decisions). Team review hands out items
-    by the same rule, restricted to a page of `item_ids`.
-    """
+def standing_event() -> ColumnElement[bool]:
+    """True for a review event that is a decision still standing (see `standing_decisions`)."""
     content_changed_since = exists().where(
         Generation.item_id == ReviewEvent.item_id,
         Generation.ok.is_(True),
         Generation.source.in_(CONTENT_SOURCES),
         Generation.created_at > ReviewEvent.created_at,
     )
+    return and_(
+        ReviewEvent.action.in_(DECISIONS),
+        ReviewEvent.undone_by.is_(None),
+        ~content_changed_since,
+    )
+
+
+def standing_decisions(dataset_id: int) -> Subquery:
+    """Subquery (item_id, curator, action): each curator's latest standing decision per item.
+
+    A decision stands while it is not undone and no model generation or edit came after
+    it (a reshuffle keeps the texts, so it keeps decisions). Team review hands out items
+    by the same rule (`standing_event`).
+    """
     latest = (
         select(func.max(ReviewEvent.id).label("event_id"))
         .join(Item, Item.id == ReviewEvent.item_id)
         .where(
             Item.dataset_id == dataset_id,
             Item.status.in_(tuple(DECIDABLE)),
-            ReviewEvent.action.in_(DECISIONS),
-            ReviewEvent.undone_by.is_(None),
-            ~content_changed_since,
-            *([] if item_ids is None else [ReviewEvent.item_id.in_(list(item_ids))]),
+            standing_event(),
         )
         .group_by(ReviewEvent.item_id, ReviewEvent.curator)
         .subquery()

@@ -19,20 +19,29 @@ Errors: `ValidationError` (a reviews-required value out of range, an empty curat
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    delete,
+    distinct,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.engine import Database
-from db.models import Dataset, Item, ItemStatus, ReviewLease, utcnow
+from db.models import Dataset, Item, ItemStatus, ReviewEvent, ReviewLease, utcnow
 from db.queries import ItemFilter, filtered_items
 from vqa_engine.errors import ValidationError
-from vqa_engine.health import Agreement, curator_decisions, standing_decisions
+from vqa_engine.health import Agreement, curator_decisions, standing_event
 from vqa_engine.health import agreement_in_session as dataset_agreement
 from vqa_engine.review import DECIDABLE, clean_curator
 
@@ -108,13 +117,20 @@ def set_reviews_required(database: Database, dataset_id: int, count: int) -> Non
 # ---------------------------------------------------------------- decisions
 
 
-def _deciders(session: Session, dataset_id: int, item_ids: Sequence[int]) -> dict[int, set[str]]:
-    """Per item, the curators whose decision on its current content stands."""
-    standing = standing_decisions(dataset_id, item_ids)
-    deciders: dict[int, set[str]] = defaultdict(set)
-    for item_id, curator in session.execute(select(standing.c.item_id, standing.c.curator)):
-        deciders[item_id].add(curator)
-    return deciders
+def needs_decision_by(curator: str, required: int) -> ColumnElement[bool]:
+    """True for an item with fewer than `required` standing decisions, none by `curator`.
+
+    Correlated with the outer query's item and answered through the events' (item_id, id)
+    index; the cheaper "not by this curator" is asked first and short-cuts the count.
+    """
+    mine = exists().where(ReviewEvent.item_id == Item.id, ReviewEvent.curator == curator,
+                          standing_event())
+    deciders = (
+        select(func.count(distinct(ReviewEvent.curator)))
+        .where(ReviewEvent.item_id == Item.id, standing_event())
+        .scalar_subquery()
+    )
+    return and_(~mine, deciders < required)
 
 
 # ---------------------------------------------------------------- leases
@@ -199,40 +215,34 @@ def claim_next(
                 ReviewLease.expires_at > moment,
             )
         )
+        waiting = _waiting(candidates, name, required).where(Item.id.not_in(held_by_others))
+        if skip is not None:
+            waiting = waiting.where(Item.id != skip)
         last_id = 0
         while True:
-            page = list(
-                session.scalars(
-                    filtered_items(select(Item.id).select_from(Item), candidates)
-                    .where(Item.id > last_id, Item.id.not_in(held_by_others))
-                    .order_by(Item.id)
-                    .limit(settings.page_size)
-                )
-            )
+            page = list(session.scalars(
+                waiting.where(Item.id > last_id).order_by(Item.id).limit(settings.page_size)
+            ))
             if not page:
                 _release_others(session, dataset_id, name, keep=None)
                 return None
             last_id = page[-1]
-            decisions = _deciders(session, dataset_id, page)
             for item_id in page:
-                deciders = decisions.get(item_id, set())
-                if item_id == skip or len(deciders) >= required or name in deciders:
-                    continue
                 if _try_lease(session, item_id, dataset_id, name, moment, expires):
                     _release_others(session, dataset_id, name, keep=item_id)
                     return item_id
 
 
+def _waiting(candidates: ItemFilter, curator: str, required: int) -> Select[tuple[int]]:
+    return filtered_items(select(Item.id).select_from(Item), candidates).where(
+        needs_decision_by(curator, required)
+    )
+
+
 def _still_needed(session: Session, item_id: int, candidates: ItemFilter, curator: str,
                   required: int) -> bool:
-    matches = session.scalar(
-        filtered_items(select(Item.id).select_from(Item), candidates)
-        .where(Item.id == item_id)
-    )
-    if matches is None:
-        return False
-    deciders = _deciders(session, candidates.dataset_id or 0, [item_id]).get(item_id, set())
-    return len(deciders) < required and curator not in deciders
+    found = session.scalar(_waiting(candidates, curator, required).where(Item.id == item_id))
+    return found is not None
 
 
 def _release_others(session: Session, dataset_id: int, curator: str, keep: int | None) -> None:
