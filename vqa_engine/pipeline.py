@@ -315,7 +315,8 @@ def run_pipeline(options: PipelineOptions, *, out: TextIO = sys.stdout,
     print(_summary(result, progress, elapsed), file=out)
     if checked is not None:
         shown = ", ".join(f"{count} {name}" for name, count in checked.items())
-        print(f"model checks: {shown} (the flags are on each item in the Review page)",
+        print(f"model checks: {shown}; to see the flagged items, run "
+              f"`VQA_DATA_DIR={out_dir} make run` and filter by flag on the Review page",
               file=out)
     if progress is not None and progress.status is not RunStatus.COMPLETED:
         result.exit_code = 1
