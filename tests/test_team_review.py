@@ -82,6 +82,22 @@ def test_skip_passes_over_the_current_item_and_frees_it(database: Database, data
     assert claim_next(database, scope, curator="ben") == ids[0]
 
 
+def test_next_goes_on_from_the_curators_last_item_and_wraps_around(
+    database: Database, data_dir: Path
+) -> None:
+    dataset_id = make_dataset(database, data_dir, count=4)
+    ids = ids_of(database, dataset_id)
+    scope = ItemFilter(dataset_id=dataset_id)
+    assert claim_next(database, scope, curator="ben") == ids[0]
+    assert claim_next(database, scope, curator="ana") == ids[1]
+    release(database, dataset_id, curator="ben")  # ids[0] waits again, behind ana
+    handed = []
+    while (item_id := claim_next(database, scope, curator="ana")) is not None:
+        handed.append(item_id)
+        decide(database, item_id, "ana")
+    assert handed == [ids[1], ids[2], ids[3], ids[0]]
+
+
 def test_an_expired_lease_goes_to_the_next_curator(database: Database, data_dir: Path) -> None:
     dataset_id = make_dataset(database, data_dir)
     ids = ids_of(database, dataset_id)

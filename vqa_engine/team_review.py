@@ -182,6 +182,8 @@ def claim_next(
     The filter's type, run, flag and text apply; its statuses are replaced by what still
     needs review. The curator's own live lease is handed back first, so a reload or a
     second tab keeps showing the same item until it is decided; `skip` passes over it.
+    Otherwise the search goes on from the curator's last item in source order and wraps
+    around to the start, so every waiting item is reached.
     """
     if item_filter.dataset_id is None:
         raise ValidationError("team review needs a dataset; pick one in the sidebar")
@@ -194,16 +196,14 @@ def claim_next(
             session.scalar(select(Dataset.reviews_required).where(Dataset.id == dataset_id)) or 1
         )
         candidates = _candidate_filter(item_filter, required)
-        own = session.scalar(
-            select(ReviewLease.item_id).where(
-                ReviewLease.dataset_id == dataset_id,
-                ReviewLease.curator == name,
-                ReviewLease.expires_at > moment,
-            ).order_by(ReviewLease.claimed_at.desc())
-        )
-        if own is not None and own != skip and _still_needed(
-            session, own, candidates, name, required
-        ):
+        own, own_expires = session.execute(
+            select(ReviewLease.item_id, ReviewLease.expires_at)
+            .where(ReviewLease.dataset_id == dataset_id, ReviewLease.curator == name)
+            .order_by(ReviewLease.claimed_at.desc())
+            .limit(1)
+        ).one_or_none() or (None, None)
+        live = own_expires is not None and _aware(own_expires) > moment
+        if live and own != skip and _still_needed(session, own, candidates, name, required):
             _try_lease(session, own, dataset_id, name, moment, expires)
             _release_others(session, dataset_id, name, keep=own)
             return own
@@ -218,19 +218,20 @@ def claim_next(
         waiting = _waiting(candidates, name, required).where(Item.id.not_in(held_by_others))
         if skip is not None:
             waiting = waiting.where(Item.id != skip)
-        last_id = 0
-        while True:
-            page = list(session.scalars(
+        # Onwards from this curator's last item, then from the start: the reviewed stretch
+        # behind a curator is not walked again on every click.
+        for start in ((own, 0) if own else (0,)):
+            last_id = start
+            while page := list(session.scalars(
                 waiting.where(Item.id > last_id).order_by(Item.id).limit(settings.page_size)
-            ))
-            if not page:
-                _release_others(session, dataset_id, name, keep=None)
-                return None
-            last_id = page[-1]
-            for item_id in page:
-                if _try_lease(session, item_id, dataset_id, name, moment, expires):
-                    _release_others(session, dataset_id, name, keep=item_id)
-                    return item_id
+            )):
+                last_id = page[-1]
+                for item_id in page:
+                    if _try_lease(session, item_id, dataset_id, name, moment, expires):
+                        _release_others(session, dataset_id, name, keep=item_id)
+                        return item_id
+        _release_others(session, dataset_id, name, keep=None)
+        return None
 
 
 def _waiting(candidates: ItemFilter, curator: str, required: int) -> Select[tuple[int]]:
