@@ -20,7 +20,7 @@ Errors: `ValidationError` (a reviews-required value out of range, an empty curat
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
     ColumnElement,
@@ -44,6 +44,7 @@ from vqa_engine.errors import ValidationError
 from vqa_engine.health import Agreement, curator_decisions, standing_event
 from vqa_engine.health import agreement_in_session as dataset_agreement
 from vqa_engine.review import DECIDABLE, clean_curator
+from vqa_engine.runs import as_utc
 
 MAX_REVIEWS_REQUIRED = 5
 
@@ -86,10 +87,6 @@ class TeamProgress:
     def fraction(self) -> float:
         done, total = self.agreement.fully_reviewed, self.agreement.reviewable
         return done / total if total else 0.0
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 # ---------------------------------------------------------------- settings
@@ -196,13 +193,12 @@ def claim_next(
             session.scalar(select(Dataset.reviews_required).where(Dataset.id == dataset_id)) or 1
         )
         candidates = _candidate_filter(item_filter, required)
-        own, own_expires = session.execute(
-            select(ReviewLease.item_id, ReviewLease.expires_at)
+        own, live = session.execute(
+            select(ReviewLease.item_id, ReviewLease.expires_at > moment)
             .where(ReviewLease.dataset_id == dataset_id, ReviewLease.curator == name)
             .order_by(ReviewLease.claimed_at.desc())
             .limit(1)
-        ).one_or_none() or (None, None)
-        live = own_expires is not None and _aware(own_expires) > moment
+        ).one_or_none() or (None, False)
         if live and own != skip and _still_needed(session, own, candidates, name, required):
             _try_lease(session, own, dataset_id, name, moment, expires)
             _release_others(session, dataset_id, name, keep=own)
@@ -272,10 +268,12 @@ def lease_of(database: Database, item_id: int, *, now: datetime | None = None) -
     """The live lease on an item, so a card can say who else is looking at it."""
     moment = now or utcnow()
     with database.read() as session:
-        lease = session.get(ReviewLease, item_id)
-        if lease is None or _aware(lease.expires_at) <= moment:
+        lease = session.scalar(select(ReviewLease).where(
+            ReviewLease.item_id == item_id, ReviewLease.expires_at > moment
+        ))
+        if lease is None:
             return None
-        return Lease(lease.item_id, lease.curator, _aware(lease.expires_at))
+        return Lease(lease.item_id, lease.curator, as_utc(lease.expires_at))
 
 
 # ---------------------------------------------------------------- progress
