@@ -39,28 +39,23 @@ from typing import TypeVar
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import insert, literal, select, update  # noqa: E402
+from sqlalchemy import insert, literal, select  # noqa: E402
 
+from bench_rows import CHUNK, bench_dataset, insert_rows, link_generations  # noqa: E402
 from db.engine import Database, open_database  # noqa: E402
 from db.models import (  # noqa: E402
     BulkAction,
-    Dataset,
-    Generation,
     GenerationSource,
-    Image,
     Item,
     ItemStatus,
     QuestionType,
     ReviewAction,
     ReviewEvent,
-    Run,
-    RunStatus,
     utcnow,
 )
 from db.queries import ItemFilter  # noqa: E402
 
 T = TypeVar("T")
-CHUNK = 5000
 FLAGS = ("length_bias", "duplicate_options", "refusal", "parser_fallback", "blind_answerable")
 LETTER_WEIGHTS = (4, 3, 2, 2, 1)  # A is correct most often: balancing has moves to make
 FIRST_CURATOR = "ana"
@@ -83,21 +78,8 @@ def build(database: Database, count: int, apply_items: int) -> tuple[int, int]:
     rng = random.Random(count)
     generated_at = utcnow() - timedelta(days=1)
     decided_at = generated_at + timedelta(hours=1)
-    with database.write() as session:
-        image = Image(sha256="0" * 64, original_name="bench.jpg", original_path="bench.jpg",
-                      prepared_path="bench.jpg", format="JPEG", width=8, height=8, byte_size=1,
-                      prepared_width=8, prepared_height=8, prepared_byte_size=1,
-                      prepared_quality=85)
-        dataset = Dataset(name="bench", default_question_type=QuestionType.MULTIPLE_CHOICE)
-        session.add_all([image, dataset])
-        session.flush()
-        runs = [Run(dataset_id=dataset.id, status=RunStatus.COMPLETED, config={"model": m},
-                    total_items=count, generated_items=count, requests=count)
-                for m in ("model-a", "model-b")]
-        session.add_all(runs)
-        session.flush()
-        image_id, dataset_id = image.id, dataset.id
-        main_run, bulk_run = runs[0].id, runs[1].id
+    image_id, dataset_id, (main_run, bulk_run) = bench_dataset(
+        database, run_models=("model-a", "model-b"), run_items=count, requests=count)
     half = count // 2
     later = [ItemStatus.GENERATED, ItemStatus.FAILED, ItemStatus.PENDING]
     event_id = 0
@@ -150,19 +132,8 @@ def build(database: Database, count: int, apply_items: int) -> tuple[int, int]:
                 events.append({"id": event_id, "item_id": item_id, "curator": FIRST_CURATOR,
                                "action": action, "before": {}, "after": {},
                                "created_at": decided_at})
-        with database.write() as session:
-            session.execute(insert(Item), items)
-            if generations:
-                session.execute(insert(Generation), generations)
-            if events:
-                session.execute(insert(ReviewEvent), events)
-    with database.write() as session:
-        session.execute(
-            update(Item)
-            .where(Item.dataset_id == dataset_id, Item.status != ItemStatus.PENDING)
-            .values(current_generation_id=Item.id),
-            execution_options={"synchronize_session": False},
-        )
+        insert_rows(database, items, generations, events)
+    link_generations(database, dataset_id)
     return dataset_id, bulk_run
 
 

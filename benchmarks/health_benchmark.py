@@ -27,25 +27,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import insert, update  # noqa: E402
-
+from bench_rows import CHUNK, bench_dataset, insert_rows, link_generations  # noqa: E402
 from db.engine import Database, open_database  # noqa: E402
 from db.models import (  # noqa: E402
-    Dataset,
-    Generation,
     GenerationSource,
-    Image,
-    Item,
     ItemStatus,
     QuestionType,
     ReviewAction,
-    ReviewEvent,
-    Run,
-    RunStatus,
     utcnow,
 )
 
-CHUNK = 5000
 STATUS_WEIGHTS = {
     ItemStatus.ACCEPTED: 40, ItemStatus.GENERATED: 40, ItemStatus.REJECTED: 10,
     ItemStatus.FAILED: 5, ItemStatus.PENDING: 5,
@@ -57,21 +48,9 @@ LETTER_WEIGHTS = (4, 3, 2, 2, 1)  # A is correct most often: the test has someth
 def build(database: Database, count: int) -> int:
     rng = random.Random(count)
     now = utcnow()
-    with database.write() as session:
-        image = Image(sha256="0" * 64, original_name="bench.jpg", original_path="bench.jpg",
-                      prepared_path="bench.jpg", format="JPEG", width=8, height=8, byte_size=1,
-                      prepared_width=8, prepared_height=8, prepared_byte_size=1,
-                      prepared_quality=85)
-        dataset = Dataset(name="bench", default_question_type=QuestionType.MULTIPLE_CHOICE,
-                          reviews_required=2)
-        session.add_all([image, dataset])
-        session.flush()
-        runs = [Run(dataset_id=dataset.id, status=RunStatus.COMPLETED, config={"model": m},
-                    total_items=count // 2, generated_items=count // 2, requests=count)
-                for m in ("model-a", "model-b")]
-        session.add_all(runs)
-        session.flush()
-        image_id, dataset_id, run_ids = image.id, dataset.id, [r.id for r in runs]
+    image_id, dataset_id, run_ids = bench_dataset(
+        database, run_models=("model-a", "model-b"), run_items=count // 2, requests=count,
+        reviews_required=2)
     statuses, weights = list(STATUS_WEIGHTS), list(STATUS_WEIGHTS.values())
     event_id = 0
     for start in range(0, count, CHUNK):
@@ -119,19 +98,8 @@ def build(database: Database, count: int) -> int:
                                    "action": decided, "before": {}, "after": {},
                                    "created_at": now,
                                    "undone_by": event_id if offset % 50 == 0 else None})
-        with database.write() as session:
-            session.execute(insert(Item), items)
-            if generations:
-                session.execute(insert(Generation), generations)
-            if events:
-                session.execute(insert(ReviewEvent), events)
-    with database.write() as session:
-        session.execute(
-            update(Item)
-            .where(Item.dataset_id == dataset_id, Item.status != ItemStatus.PENDING)
-            .values(current_generation_id=Item.id),
-            execution_options={"synchronize_session": False},
-        )
+        insert_rows(database, items, generations, events)
+    link_generations(database, dataset_id)
     return dataset_id
 
 
