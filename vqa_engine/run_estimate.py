@@ -3,11 +3,12 @@
 A multiple-choice item takes two requests (answer, distractors) and a fill-in-blank item
 one; every request carries the item's image. Model-based checks add, per multiple-choice
 item, one request without the image (blind) and one with it per option (circular); the
-option count is drawn per item, so the estimate takes the largest the run allows. Image tokens follow the rule of the Qwen-VL
-family that most self-hosted endpoints serve (one token per 28 x 28 pixel patch of the
-image as resized by the model, between a minimum and a maximum); other models count
-differently, so the figure is labelled an estimate. The request ledger can make a run
-cheaper than this (answers already paid for are reused), never dearer, except for retries.
+option count is drawn per item, so the estimate takes the largest the run allows. Image
+tokens follow the rule of the Qwen-VL family that most self-hosted endpoints serve (one
+token per 28 x 28 pixel patch of the image as resized by the model, between a minimum and
+a maximum); other models count differently, so the figure is labelled an estimate. The
+request ledger can make a run cheaper than this (answers already paid for are reused),
+never dearer, except for retries.
 
 One grouped query per estimate: items of the selection counted by question type and
 prepared image size, which stays a handful of rows whatever the dataset's size.
