@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vqa_engine.errors import FormatError
-from vqa_engine.parsing import _json_candidates, _lookup, _prepare, _scalar_text, clean_value
+from vqa_engine.parsing import clean_value, json_candidates, lookup_key, prepare_text, scalar_text
 from vqa_engine.prompts import CHECK_PROMPT_VERSION, check_prompt
 from vqa_engine.quality import normalise
 
@@ -179,15 +179,15 @@ def _mentioned(text: str, letters: Sequence[str]) -> set[str]:
 def _json_choice(text: str, letters: Sequence[str], options: Mapping[str, str]
                  ) -> tuple[str | None, bool]:
     """(letter, whether JSON with a choice key was found at all)."""
-    for value, _method in _json_candidates(text):
+    for value, _method in json_candidates(text):
         if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
             value = value[0]
         if not isinstance(value, dict):
             continue
-        found, choice = _lookup(value, CHOICE_KEYS)
+        found, choice = lookup_key(value, CHOICE_KEYS)
         if not found:
             continue
-        scalar = _scalar_text(choice)
+        scalar = scalar_text(choice)
         return (_letter_of(scalar, letters, options) if scalar is not None else None), True
     return None, False
 
@@ -208,7 +208,7 @@ def parse_choice(text: str, options: Mapping[str, str]) -> ParsedChoice:
     if not letters:
         raise FormatError("no options to choose from; the check counts as not done",
                           raw=str(text))
-    prepared = unicodedata.normalize("NFKC", _prepare(text))
+    prepared = unicodedata.normalize("NFKC", prepare_text(text))
     letter, had_json = _json_choice(prepared, letters, options)
     if letter is not None:
         return ParsedChoice(letter, "json")

@@ -62,7 +62,8 @@ _WRAPPERS = (("**", "**"), ("__", "__"), ("`", "`"), ('"', '"'), ("'", "'"), ("�
              ("‘", "’"), ("「", "」"), ("『", "』"), ("*", "*"))
 
 
-def _prepare(text: Any) -> str:
+def prepare_text(text: Any) -> str:
+    """A reply cut to the scanned length, newlines unified, any thinking block dropped."""
     if not isinstance(text, str):
         text = "" if text is None else str(text)
     text = text[:MAX_SCAN].replace("\r\n", "\n").replace("\r", "\n")
@@ -133,7 +134,8 @@ def _raw_preview(text: str) -> str:
     return f"the text began {shown!r}"
 
 
-def _json_candidates(text: str) -> Iterator[tuple[Any, str]]:
+def json_candidates(text: str) -> Iterator[tuple[Any, str]]:
+    """Every JSON value a reply may mean (whole, fenced, embedded), with how it was found."""
     decoder = json.JSONDecoder()
     try:
         yield json.loads(text), "json"
@@ -158,17 +160,19 @@ def _json_candidates(text: str) -> Iterator[tuple[Any, str]]:
         yield value, "json_embedded"
 
 
-def _scalar_text(value: Any) -> str | None:
+def scalar_text(value: Any) -> str | None:
+    """A JSON scalar (or one-element list) as text; None for anything larger."""
     if value is None or isinstance(value, bool):
         return None if value is None else str(value).lower()
     if isinstance(value, (str, int, float)):
         return str(value)
     if isinstance(value, list) and len(value) == 1:
-        return _scalar_text(value[0])
+        return scalar_text(value[0])
     return None
 
 
-def _lookup(data: dict[Any, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
+def lookup_key(data: dict[Any, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
+    """The first of `keys` present in `data`, ignoring case and spaces: (found, value)."""
     lowered = {str(key).strip().lower(): value for key, value in data.items()}
     for key in keys:
         if key in lowered:
@@ -203,20 +207,20 @@ def _unusable(text: str, what: str) -> FormatError:
 
 
 def _answer_from_json(text: str) -> ParsedAnswer | None:
-    for value, method in _json_candidates(text):
+    for value, method in json_candidates(text):
         if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
             value = value[0]
         if not isinstance(value, dict):
             continue
-        found, answer = _lookup(value, ANSWER_KEYS)
+        found, answer = lookup_key(value, ANSWER_KEYS)
         if not found:
             continue
-        answer_text = _scalar_text(answer)
+        answer_text = scalar_text(answer)
         answer_text = clean_value(answer_text) if answer_text is not None else ""
         if not is_usable(answer_text):
             raise _unusable(text, f"its JSON answer was {json.dumps(answer)[:40]}")
-        _, explanation = _lookup(value, EXPLANATION_KEYS)
-        explanation_text = _scalar_text(explanation) or ""
+        _, explanation = lookup_key(value, EXPLANATION_KEYS)
+        explanation_text = scalar_text(explanation) or ""
         return ParsedAnswer(answer_text, explanation_text.strip(), method)
     return None
 
@@ -282,7 +286,7 @@ def _answer_from_labels(text: str) -> ParsedAnswer | None:
 
 def parse_answer(text: str) -> ParsedAnswer:
     """The answer and explanation in `text`; `FormatError(raw=text)` when there is none."""
-    prepared = _prepare(text)
+    prepared = prepare_text(text)
     raw = text if isinstance(text, str) else str(text)
     try:
         for attempt in (_answer_from_json, _answer_from_loose_json, _answer_from_labels):
@@ -349,12 +353,12 @@ def _usable_options(values: list[Any]) -> list[str]:
 
 
 def _options_from_json(text: str) -> ParsedOptions | None:
-    for value, method in _json_candidates(text):
+    for value, method in json_candidates(text):
         items: list[Any] | None = None
         if isinstance(value, list):
             items = value
         elif isinstance(value, dict):
-            found, listed = _lookup(value, OPTION_KEYS)
+            found, listed = lookup_key(value, OPTION_KEYS)
             if found and isinstance(listed, list):
                 items = listed
             elif found and isinstance(listed, dict):
@@ -374,7 +378,7 @@ def _options_from_json(text: str) -> ParsedOptions | None:
 
 def parse_distractors(text: str) -> ParsedOptions:
     """The options listed in `text`; `FormatError(raw=text)` when there are none."""
-    prepared = _prepare(text)
+    prepared = prepare_text(text)
     raw = text if isinstance(text, str) else str(text)
     try:
         parsed = _options_from_json(prepared)
